@@ -1,0 +1,107 @@
+"""OBELICS rows <-> Documents, losslessly (schema in facts.md, `HuggingFaceM4/OBELICS`).
+
+A row is `images` (list of URL or null), `texts` (list of text or null), `metadata` (a JSON list, one entry per
+position: the image's metadata, null at text positions) and `general_metadata` (a JSON object: `url`,
+`warc_filename`, ...). The Document keeps the layout as `filters.layout` describes; the parsed JSON is in
+`Media.metadata` and `metadata["general_metadata"]`, and the source strings are kept so that a document no step
+changed is written back byte for byte. A row that cannot be laid out is carried as it is, with the reason under
+`metadata["layout_error"]`, for the `structure` step to remove and record.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+from datatrove.data import Document, Media, MediaType
+
+from filters.layout import LAYOUT_ERROR_KEY, TEXTS_KEY, join_texts, layout_problem
+from pipelines.shards import RowFormat
+
+OBELICS_SCHEMA = pa.schema([
+    ("images", pa.list_(pa.string())),
+    ("metadata", pa.string()),
+    ("general_metadata", pa.string()),
+    ("texts", pa.list_(pa.string())),
+])
+OBELICS_HUB_INPUT = "hf://datasets/HuggingFaceM4/OBELICS/data"  # config `default`, files data/train-*.parquet
+
+GENERAL_METADATA_KEY = "general_metadata"
+SOURCE_KEY = "obelics_source"  # the row's original JSON strings, and the whole row if it could not be laid out
+
+
+def _parse_row(row: dict) -> tuple[list[dict | None], dict] | str:
+    """The parsed per-position metadata and general metadata, or the reason the row cannot be laid out."""
+    problem = layout_problem(row["images"], row["texts"])
+    if problem:
+        return problem
+    try:
+        image_metadata = json.loads(row["metadata"]) if row["metadata"] is not None else [None] * len(row["images"])
+    except (TypeError, ValueError):
+        return "bad_metadata_json"
+    if not isinstance(image_metadata, list) or len(image_metadata) != len(row["images"]):
+        return "bad_metadata_length"
+    try:
+        general = json.loads(row["general_metadata"]) if row["general_metadata"] is not None else {}
+    except (TypeError, ValueError):
+        return "bad_general_metadata_json"
+    if not isinstance(general, dict):
+        return "bad_general_metadata_json"
+    return image_metadata, general
+
+
+def row_to_document(row: dict, doc_id: str) -> Document:
+    parsed = _parse_row(row)
+    if isinstance(parsed, str):
+        texts = row["texts"] if isinstance(row["texts"], list) else []
+        return Document(text=join_texts(t for t in texts if isinstance(t, str)), id=doc_id,
+                        metadata={LAYOUT_ERROR_KEY: parsed, SOURCE_KEY: dict(row)})
+    image_metadata, general = parsed
+    media = [
+        Media(id=f"{doc_id}/{pos}", type=MediaType.IMAGE, url=url,
+              metadata=image_metadata[pos] if isinstance(image_metadata[pos], dict) else {})
+        for pos, url in enumerate(row["images"]) if url is not None
+    ]
+    return Document(
+        text=join_texts(row["texts"]),
+        id=doc_id,
+        media=media,
+        metadata={
+            "url": general.get("url"),  # where datatrove's URL filters look
+            GENERAL_METADATA_KEY: general,
+            TEXTS_KEY: list(row["texts"]),
+            SOURCE_KEY: {"metadata": row["metadata"], "general_metadata": row["general_metadata"]},
+        },
+    )
+
+
+def _json_or_source(value: object, source: str | None) -> str:
+    """The source string when it still says exactly `value`, so unchanged documents round-trip byte for byte."""
+    if source is not None:
+        try:
+            if json.loads(source) == value:
+                return source
+        except ValueError:
+            pass
+    return json.dumps(value)
+
+
+def document_to_row(doc: Document) -> dict:
+    if LAYOUT_ERROR_KEY in doc.metadata:
+        return dict(doc.metadata[SOURCE_KEY])
+    images, metadata = [], []
+    media = iter(doc.media)
+    for text in doc.metadata[TEXTS_KEY]:
+        image = next(media) if text is None else None
+        images.append(image.url if image else None)
+        metadata.append(image.metadata if image else None)
+    source = doc.metadata.get(SOURCE_KEY, {})
+    return {
+        "images": images,
+        "metadata": _json_or_source(metadata, source.get("metadata")),
+        "general_metadata": _json_or_source(doc.metadata[GENERAL_METADATA_KEY], source.get("general_metadata")),
+        "texts": list(doc.metadata[TEXTS_KEY]),
+    }
+
+
+OBELICS_FORMAT = RowFormat(schema=OBELICS_SCHEMA, to_document=row_to_document, to_row=document_to_row)

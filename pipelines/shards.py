@@ -1,0 +1,203 @@
+"""Shard-per-task parquet reading and writing, shared by every pipeline.
+
+A source's files are numbered by their place in the sorted listing; datatrove task `rank` processes file number
+`rank`, so logs, stats, completion markers and outputs all carry the shard number (`data/00042.parquet`).
+The writer is the last step: it writes kept documents, owns the sink that the filters' `exclusion_writer`s
+feed, and commits both files by renaming them into place only once the shard is complete, so a killed task
+leaves no half-written output under a final name.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from datatrove.data import Document, DocumentsPipeline
+from datatrove.io import DataFolder, get_datafolder
+from datatrove.pipeline.base import PipelineStep
+
+REMOVED_STEP_COLUMN = "removed_step"
+REMOVED_REASON_COLUMN = "removed_reason"
+REMOVED_COLUMNS = [(REMOVED_STEP_COLUMN, pa.string()), (REMOVED_REASON_COLUMN, pa.string())]
+
+
+class ShardInputError(Exception):
+    """An input shard cannot be read as the expected format; the message names the file."""
+
+
+def shard_name(shard: int) -> str:
+    return f"{shard:05d}"
+
+
+@dataclass(frozen=True)
+class RowFormat:
+    """How one source format maps parquet rows to Documents and back."""
+
+    schema: pa.Schema
+    to_document: Callable[[dict, str], Document]
+    to_row: Callable[[Document], dict]
+
+
+class ParquetShardReader(PipelineStep):
+    """Reads input file number `rank` (of `files`, the sorted listing of `input_folder`) as Documents.
+
+    Streams record batches, so memory stays flat in the shard size. Stats: `documents`.
+    """
+
+    name = "reader"
+    type = "📖 - READER"
+
+    def __init__(self, input_folder: str, files: list[str], row_format: RowFormat, limit: int = -1,
+                 batch_size: int = 256):
+        super().__init__()
+        self.input_folder = input_folder
+        self.files = files
+        self.row_format = row_format
+        self.limit = limit
+        self.batch_size = batch_size
+
+    def _open(self, folder: DataFolder, path: str) -> pq.ParquetFile:
+        try:
+            parquet = pq.ParquetFile(folder.open(path, "rb"))
+        except (pa.ArrowInvalid, OSError) as error:
+            raise ShardInputError(f"{folder.resolve_paths(path)}: not a readable parquet file ({error})") from None
+        missing = [n for n in self.row_format.schema.names if n not in parquet.schema_arrow.names]
+        if missing:
+            raise ShardInputError(f"{folder.resolve_paths(path)}: missing column(s) {', '.join(missing)}")
+        return parquet
+
+    def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        folder = get_datafolder(self.input_folder)
+        path = self.files[rank]
+        parquet = self._open(folder, path)
+        read = 0
+        columns = self.row_format.schema.names
+        try:
+            for batch in parquet.iter_batches(batch_size=self.batch_size, columns=columns):
+                for row in batch.to_pylist():
+                    if 0 <= self.limit <= read:
+                        return
+                    with self.track_time():
+                        doc = self.row_format.to_document(row, f"{shard_name(rank)}/{read:07d}")
+                    read += 1
+                    self.stat_update("documents")
+                    yield doc
+        except (pa.ArrowInvalid, OSError) as error:
+            raise ShardInputError(f"{folder.resolve_paths(path)}: unreadable after {read} rows ({error})") from None
+
+
+class _ParquetShardFile:
+    """One output parquet file, written in row batches to a temporary name and renamed into place by `commit`."""
+
+    def __init__(self, folder: DataFolder, filename: str, schema: pa.Schema, batch_rows: int):
+        self.folder, self.filename, self.schema, self.batch_rows = folder, filename, schema, batch_rows
+        self.tmp_name = f"{filename}.tmp"
+        self.rows: list[dict] = []
+        self.file = folder.open(self.tmp_name, "wb")
+        self.writer = pq.ParquetWriter(self.file, schema)
+
+    def write(self, row: dict) -> None:
+        self.rows.append(row)
+        if len(self.rows) >= self.batch_rows:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self.rows:
+            self.writer.write_table(pa.Table.from_pylist(self.rows, schema=self.schema))
+            self.rows = []
+
+    def commit(self) -> None:
+        self._flush()
+        self.writer.close()
+        self.file.close()
+        self.folder.mv(self.tmp_name, self.filename)
+
+
+class RemovedDocumentsSink:
+    """Collects the documents every filter of a task removes into `removed/NNNNN.parquet`.
+
+    Filters reach it through `recorder(step)`, which plays the role of their datatrove `exclusion_writer`.
+    """
+
+    def __init__(self, output_folder: str, row_format: RowFormat, batch_rows: int):
+        self.output_folder = output_folder
+        self.row_format = row_format
+        self.schema = pa.schema(list(row_format.schema) + REMOVED_COLUMNS)
+        self.batch_rows = batch_rows
+        self._file: _ParquetShardFile | None = None
+        self.counts: Counter[str] = Counter()
+
+    def recorder(self, step: str) -> RemovalRecorder:
+        return RemovalRecorder(self, step)
+
+    def open(self, rank: int) -> None:
+        self._file = _ParquetShardFile(get_datafolder(self.output_folder), f"removed/{shard_name(rank)}.parquet",
+                                       self.schema, self.batch_rows)
+        self.counts.clear()
+
+    def write(self, doc: Document, step: str, reason: str) -> None:
+        row = self.row_format.to_row(doc)
+        row[REMOVED_STEP_COLUMN], row[REMOVED_REASON_COLUMN] = step, reason
+        self._file.write(row)
+        self.counts[f"{step}/{reason}"] += 1
+
+    def commit(self) -> None:
+        self._file.commit()
+        self._file = None
+
+
+class RemovalRecorder:
+    """A filter's `exclusion_writer`: forwards removed documents, tagged with the step, to the shared sink."""
+
+    def __init__(self, sink: RemovedDocumentsSink, step: str):
+        self.sink, self.step = sink, step
+
+    def __enter__(self) -> RemovalRecorder:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    def write(self, doc: Document, rank: int = 0, **kwargs) -> None:
+        self.sink.write(doc, self.step, doc.metadata.get("filter_reason") or "unspecified")
+
+
+class ParquetShardWriter(PipelineStep):
+    """Last step of a pipeline: kept documents to `data/NNNNN.parquet`, removed ones to `removed/NNNNN.parquet`.
+
+    Both files exist for every finished shard, empty or not, and appear under their final names only when the
+    whole shard is done. Stats: `kept`, and `removed/<step>/<reason>` as counted by the sink.
+    """
+
+    name = "writer"
+    type = "💽 - WRITER"
+
+    def __init__(self, output_folder: str, row_format: RowFormat, batch_rows: int = 500):
+        super().__init__()
+        self.output_folder = output_folder
+        self.row_format = row_format
+        self.batch_rows = batch_rows
+        self.removed = RemovedDocumentsSink(output_folder, row_format, batch_rows)
+
+    def removal_recorder(self, step: str) -> RemovalRecorder:
+        return self.removed.recorder(step)
+
+    def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        folder = get_datafolder(self.output_folder)
+        self.removed.open(rank)
+        kept = _ParquetShardFile(folder, f"data/{shard_name(rank)}.parquet", self.row_format.schema,
+                                 self.batch_rows)
+        for doc in data or ():
+            with self.track_time():
+                kept.write(self.row_format.to_row(doc))
+            self.stat_update("kept")
+        # every upstream generator has finished here, so every removal has reached the sink
+        self.removed.commit()
+        kept.commit()
+        for key, count in self.removed.counts.items():
+            self.stat_update(f"removed/{key}", value=count)
+        return
+        yield  # a generator, like every datatrove step

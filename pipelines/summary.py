@@ -1,0 +1,84 @@
+"""Per-shard accounting and `OUTPUT/summary.json`.
+
+Each shard's record comes from the stats datatrove saves for its task: `input` is what the reader read, `kept`
+what the writer wrote to `data/`, `removed` what reached `removed/`, by `step/reason`. The three are counted in
+different places, so `input == kept + sum(removed)` is a real check: a step that loses a document breaks it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+from datatrove.io import DataFolder
+
+from pipelines.shards import shard_name
+
+SUMMARY_FILE = "summary.json"
+
+
+def _step_stats(pipeline_stats: list[dict], step: str) -> dict[str, float]:
+    """One step's counters from a datatrove stats file (a list of {"name": "TYPE: name", "stats": {...}})."""
+    for stats in pipeline_stats:
+        if stats["name"].rsplit(": ", 1)[-1] == step:
+            return {key: value["total"] if isinstance(value, dict) else value
+                    for key, value in stats["stats"].items()}
+    return {}
+
+
+def shard_record(pipeline_stats: list[dict]) -> dict:
+    reader, writer = _step_stats(pipeline_stats, "reader"), _step_stats(pipeline_stats, "writer")
+    removed = {key.removeprefix("removed/"): int(n) for key, n in writer.items() if key.startswith("removed/")}
+    return {"input": int(reader.get("documents", 0)), "kept": int(writer.get("kept", 0)),
+            "removed": dict(sorted(removed.items()))}
+
+
+def read_shard_records(logging_dir: DataFolder, shards: list[int]) -> dict[str, dict]:
+    """The records of the given shards that have finished (those with a completion marker)."""
+    records = {}
+    for shard in shards:
+        name = shard_name(shard)
+        if logging_dir.isfile(f"completions/{name}") and logging_dir.isfile(f"stats/{name}.json"):
+            with logging_dir.open(f"stats/{name}.json") as f:
+                records[name] = shard_record(json.load(f))
+    return records
+
+
+def total(records: dict[str, dict]) -> dict:
+    removed: Counter[str] = Counter()
+    for record in records.values():
+        removed.update(record["removed"])
+    return {"input": sum(r["input"] for r in records.values()), "kept": sum(r["kept"] for r in records.values()),
+            "removed": dict(sorted(removed.items()))}
+
+
+def unbalanced(record: dict) -> bool:
+    return record["input"] != record["kept"] + sum(record["removed"].values())
+
+
+def update_summary(output: DataFolder, records: dict[str, dict]) -> dict:
+    """Merge `records` into the output's summary.json (every run into one output adds to it) and return it."""
+    shards: dict[str, dict] = {}
+    if output.isfile(SUMMARY_FILE):
+        with output.open(SUMMARY_FILE) as f:
+            shards = json.load(f)["shards"]
+    shards.update(records)
+    summary = {"total": total(shards), "shards": dict(sorted(shards.items()))}
+    with output.open(SUMMARY_FILE, "w") as f:
+        json.dump(summary, f, indent=1)
+    return summary
+
+
+def format_report(title: str, totals: dict, seconds: float | None = None) -> str:
+    """A human-readable block: kept, removed by reason, time and throughput."""
+    n = totals["input"]
+    pct = (lambda k: f"{100 * k / n:5.1f}%") if n else (lambda k: "    -")
+    lines = [title, f"  input    {n:>10,}", f"  kept     {totals['kept']:>10,}  {pct(totals['kept'])}"]
+    removed = sum(totals["removed"].values())
+    lines.append(f"  removed  {removed:>10,}  {pct(removed)}")
+    width = max((len(k) for k in totals["removed"]), default=0)
+    lines += [f"    {reason:<{width}}  {count:>8,}  {pct(count)}" for reason, count in totals["removed"].items()]
+    if seconds is not None:
+        rate = f", {n / seconds:,.1f} docs/s" if seconds > 0 and n else ""
+        lines.append(f"  time     {seconds:>10.1f} s{rate}")
+    return "\n".join(lines)
