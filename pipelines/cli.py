@@ -142,7 +142,8 @@ def check_inputs(folder: DataFolder, files: list[str], row_format: RowFormat) ->
 
 
 def check_run_file(output: DataFolder, run: dict) -> None:
-    """An output folder holds one run's settings: resuming with others would mix two datasets in one."""
+    """An output folder holds one run's settings: resuming with others would mix two datasets in one.
+    (The settings are written once the pipeline is built, so a refused first attempt binds nothing.)"""
     if output.isfile(RUN_FILE):
         with output.open(RUN_FILE) as f:
             previous = json.load(f)
@@ -154,8 +155,6 @@ def check_run_file(output: DataFolder, run: dict) -> None:
         if changed:
             raise UsageError(f"--input: file number {changed[0]} is now {run['files'][changed[0]]!r}, it was "
                              f"{previous['files'][changed[0]]!r} when {output.path} was made")
-    with output.open(RUN_FILE, "w") as f:
-        json.dump(run, f, indent=1)
 
 
 def executor_options(args: argparse.Namespace) -> ExecutorOptions:
@@ -169,7 +168,7 @@ def executor_options(args: argparse.Namespace) -> ExecutorOptions:
 
 def build_pipeline(spec: PipelineSpec, args: argparse.Namespace, input_path: str, files: list[str],
                    steps: list[str]) -> list[PipelineStep]:
-    writer = ParquetShardWriter(args.output, spec.row_format)
+    writer = ParquetShardWriter(args.output, spec.row_format, write_images="images" in steps)
     reader = ParquetShardReader(input_path, files, spec.row_format, limit=args.limit)
     return [reader, *(spec.steps[name](args, writer) for name in steps), writer]
 
@@ -182,8 +181,9 @@ def run(spec: PipelineSpec, args: argparse.Namespace) -> int:
     shards = parse_shard_range(args.shards, len(files), f"--input {args.input}")
     output = get_datafolder(args.output)
     logging_dir = get_datafolder(args.logging_dir or os.path.join(args.output, "logs"))
-    check_run_file(output, {"pipeline": spec.name, "input": args.input, "steps": steps, "limit": args.limit,
-                            "options": {k: getattr(args, k) for k in spec.run_options}, "files": files})
+    run_settings = {"pipeline": spec.name, "input": args.input, "steps": steps, "limit": args.limit,
+                    "options": {k: getattr(args, k) for k in spec.run_options}, "files": files}
+    check_run_file(output, run_settings)
 
     done = set(summaries.read_shard_records(logging_dir, list(shards)))
     pending = [s for s in shards if shard_name(s) not in done]
@@ -196,17 +196,20 @@ def run(spec: PipelineSpec, args: argparse.Namespace) -> int:
     print(f"{title}: {len(pending)} to run, {len(done)} already done; steps {','.join(steps) or '(none)'}",
           file=sys.stderr)
     check_inputs(get_datafolder(input_path), [files[s] for s in pending], spec.row_format)
+    pipeline = build_pipeline(spec, args, input_path, files, steps)
+    with output.open(RUN_FILE, "w") as f:
+        json.dump(run_settings, f, indent=1)
 
     start = time.perf_counter()
-    run_executor(build_pipeline(spec, args, input_path, files, steps), len(files), shards, logging_dir.path,
-                 executor_options(args))
+    run_executor(pipeline, len(files), shards, logging_dir.path, executor_options(args))
     seconds = time.perf_counter() - start
 
     records = summaries.read_shard_records(logging_dir, list(shards))
     report = summaries.update_summary(output, records)
     this_run = {name: r for name, r in records.items() if int(name) in pending}
     print(summaries.format_report(f"this run: {len(this_run)} shards", summaries.total(this_run), seconds))
-    print(summaries.format_report("output so far", report["total"]))
+    if len(report["shards"]) > len(this_run):
+        print(summaries.format_report(f"output so far: {len(report['shards'])} shards", report["total"]))
     return _report_problems(logging_dir, pending, records)
 
 

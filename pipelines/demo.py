@@ -1,6 +1,7 @@
 """`python -m pipelines.demo`: the whole recipe on the sample data that ships with the project, offline.
 
-Today: the OBELICS pipeline over the 4 sample shards. Each issue that lands adds its part here.
+Today: the OBELICS pipeline over the 4 sample shards: layout rules, opt-outs from the shipped list, images
+joined from the shipped img2dataset download. Each issue that lands adds its part here.
 """
 
 from __future__ import annotations
@@ -25,11 +26,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     output = args.output or tempfile.mkdtemp(prefix="idefics2-demo-")
     print(f"demo: OBELICS sample -> {output}/obelics", file=sys.stderr)
-    status = cli.main(obelics.SPEC, ["--input", sample_path("obelics"), "--output", f"{output}/obelics",
-                                     "--workers", str(args.workers)])
+    status = cli.main(obelics.SPEC, [
+        "--input", sample_path("obelics"), "--output", f"{output}/obelics", "--workers", str(args.workers),
+        "--optout-list", sample_path("optout.txt"), "--images", sample_path("img2dataset"),
+    ])
     if status == 0:
-        print(f"demo: done; kept documents in {output}/obelics/data, removed ones with their reasons in "
-              f"{output}/obelics/removed, counts in {output}/obelics/summary.json")
+        print(f"demo: done; kept documents in {output}/obelics/data (their images in images/), removed ones with "
+              f"their reasons in {output}/obelics/removed, counts in {output}/obelics/summary.json")
     return status
 
 

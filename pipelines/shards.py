@@ -9,6 +9,10 @@ leaves no half-written output under a final name.
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
+import tarfile
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -116,6 +120,47 @@ class _ParquetShardFile:
         self.folder.mv(self.tmp_name, self.filename)
 
 
+def _extension(data: bytes) -> str:
+    if data.startswith(b"\x89PNG"):
+        return "png"
+    if data[8:12] == b"WEBP":
+        return "webp"
+    return "jpg"
+
+
+class _ImageShardTar:
+    """Fetched images of one shard as an img2dataset-style webdataset tar (`<key>.<ext>` + `<key>.json` with
+    `url` and `status`), so the output can itself be given to a later run as `--images PATH`."""
+
+    def __init__(self, folder: DataFolder, filename: str):
+        self.folder, self.filename, self.tmp_name = folder, filename, f"{filename}.tmp"
+        self.file = folder.open(self.tmp_name, "wb")
+        self.tar = tarfile.open(fileobj=self.file, mode="w|")
+        self.seen: set[str] = set()
+
+    def _add(self, name: str, data: bytes) -> None:
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        self.tar.addfile(info, io.BytesIO(data))
+
+    def write(self, doc: Document) -> None:
+        for media in doc.media:
+            if media.media_bytes is None or media.url in self.seen:
+                continue
+            self.seen.add(media.url)
+            key = hashlib.sha1(media.url.encode()).hexdigest()[:20]
+            self._add(f"{key}.{_extension(media.media_bytes)}", media.media_bytes)
+            meta = {"url": media.url, "key": key, "status": "success",
+                    "sha256": hashlib.sha256(media.media_bytes).hexdigest(),
+                    **{k: media.metadata.get(k) for k in ("original_width", "original_height", "format")}}
+            self._add(f"{key}.json", json.dumps(meta).encode())
+
+    def commit(self) -> None:
+        self.tar.close()
+        self.file.close()
+        self.folder.mv(self.tmp_name, self.filename)
+
+
 class RemovedDocumentsSink:
     """Collects the documents every filter of a task removes into `removed/NNNNN.parquet`.
 
@@ -166,7 +211,8 @@ class RemovalRecorder:
 
 
 class ParquetShardWriter(PipelineStep):
-    """Last step of a pipeline: kept documents to `data/NNNNN.parquet`, removed ones to `removed/NNNNN.parquet`.
+    """Last step of a pipeline: kept documents to `data/NNNNN.parquet`, removed ones to `removed/NNNNN.parquet`,
+    and with `write_images` their fetched images to `images/NNNNN.tar`.
 
     Both files exist for every finished shard, empty or not, and appear under their final names only when the
     whole shard is done. Stats: `kept`, and `removed/<step>/<reason>` as counted by the sink.
@@ -175,11 +221,12 @@ class ParquetShardWriter(PipelineStep):
     name = "writer"
     type = "💽 - WRITER"
 
-    def __init__(self, output_folder: str, row_format: RowFormat, batch_rows: int = 500):
+    def __init__(self, output_folder: str, row_format: RowFormat, batch_rows: int = 500, write_images: bool = False):
         super().__init__()
         self.output_folder = output_folder
         self.row_format = row_format
         self.batch_rows = batch_rows
+        self.write_images = write_images
         self.removed = RemovedDocumentsSink(output_folder, row_format, batch_rows)
 
     def removal_recorder(self, step: str) -> RemovalRecorder:
@@ -190,12 +237,17 @@ class ParquetShardWriter(PipelineStep):
         self.removed.open(rank)
         kept = _ParquetShardFile(folder, f"data/{shard_name(rank)}.parquet", self.row_format.schema,
                                  self.batch_rows)
+        images = _ImageShardTar(folder, f"images/{shard_name(rank)}.tar") if self.write_images else None
         for doc in data or ():
             with self.track_time():
                 kept.write(self.row_format.to_row(doc))
+                if images:
+                    images.write(doc)
             self.stat_update("kept")
         # every upstream generator has finished here, so every removal has reached the sink
         self.removed.commit()
+        if images:
+            images.commit()
         kept.commit()
         for key, count in self.removed.counts.items():
             self.stat_update(f"removed/{key}", value=count)

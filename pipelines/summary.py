@@ -12,6 +12,7 @@ from collections import Counter
 
 from datatrove.io import DataFolder
 
+from filters.images import IMAGE_STATUS_PREFIX
 from pipelines.shards import shard_name
 
 SUMMARY_FILE = "summary.json"
@@ -29,8 +30,13 @@ def _step_stats(pipeline_stats: list[dict], step: str) -> dict[str, float]:
 def shard_record(pipeline_stats: list[dict]) -> dict:
     reader, writer = _step_stats(pipeline_stats, "reader"), _step_stats(pipeline_stats, "writer")
     removed = {key.removeprefix("removed/"): int(n) for key, n in writer.items() if key.startswith("removed/")}
-    return {"input": int(reader.get("documents", 0)), "kept": int(writer.get("kept", 0)),
-            "removed": dict(sorted(removed.items()))}
+    record = {"input": int(reader.get("documents", 0)), "kept": int(writer.get("kept", 0)),
+              "removed": dict(sorted(removed.items()))}
+    images = _step_stats(pipeline_stats, "images")
+    if images:  # every image the step looked at, by how it ended ("ok", "timeout", ...)
+        record["images"] = {k.removeprefix(IMAGE_STATUS_PREFIX): int(n) for k, n in sorted(images.items())
+                            if k.startswith(IMAGE_STATUS_PREFIX)}
+    return record
 
 
 def read_shard_records(logging_dir: DataFolder, shards: list[int]) -> dict[str, dict]:
@@ -46,10 +52,15 @@ def read_shard_records(logging_dir: DataFolder, shards: list[int]) -> dict[str, 
 
 def total(records: dict[str, dict]) -> dict:
     removed: Counter[str] = Counter()
+    images: Counter[str] = Counter()
     for record in records.values():
         removed.update(record["removed"])
-    return {"input": sum(r["input"] for r in records.values()), "kept": sum(r["kept"] for r in records.values()),
-            "removed": dict(sorted(removed.items()))}
+        images.update(record.get("images", {}))
+    result = {"input": sum(r["input"] for r in records.values()), "kept": sum(r["kept"] for r in records.values()),
+              "removed": dict(sorted(removed.items()))}
+    if images:
+        result["images"] = dict(sorted(images.items()))
+    return result
 
 
 def unbalanced(record: dict) -> bool:
@@ -78,6 +89,10 @@ def format_report(title: str, totals: dict, seconds: float | None = None) -> str
     lines.append(f"  removed  {removed:>10,}  {pct(removed)}")
     width = max((len(k) for k in totals["removed"]), default=0)
     lines += [f"    {reason:<{width}}  {count:>8,}  {pct(count)}" for reason, count in totals["removed"].items()]
+    if totals.get("images"):
+        n_images = sum(totals["images"].values())
+        lines.append(f"  images   {n_images:>10,}  by status: " +
+                     ", ".join(f"{status} {count:,}" for status, count in totals["images"].items()))
     if seconds is not None:
         rate = f", {n / seconds:,.1f} docs/s" if seconds > 0 and n else ""
         lines.append(f"  time     {seconds:>10.1f} s{rate}")

@@ -4,8 +4,10 @@
 
 - Text: real English prose, the paragraphs of the Python reference manual that every CPython carries
   (`pydoc_data.topics`), without its grammar and code blocks.
-- Images: natural photographs and scans shipped inside scikit-image (`skimage/data`), cut into distinct crops
-  and stored as JPEGs under `images/`, so every image is available without a network.
+- Images: natural photographs and scans shipped inside scikit-image (`skimage/data`), cut into distinct crops,
+  stored as JPEGs in an img2dataset-format download under `img2dataset/` (a few URLs failed there, a few are
+  missing), so every image is available without a network.
+- `optout.txt`: opt-outs for an offline run: one whole site, two documents per shard, eight images.
 - OBELICS: 4 shards of 50 documents in the Hub's schema (facts.md): interleaved texts and image URLs,
   per-image metadata, `general_metadata`, and in each shard two rows that break the layout rules.
 Same inputs, same seed: same bytes.
@@ -13,10 +15,12 @@ Same inputs, same seed: same bytes.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import random
 import re
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -141,6 +145,45 @@ def break_layout(row: dict, how: str) -> dict:
     return row
 
 
+def write_img2dataset_download(rng: random.Random, folder: Path, urls: list[str], images: list[bytes]) -> None:
+    """The sample images as img2dataset writes a download (facts.md): tars of `<key>.jpg` + `<key>.json`, and a
+    parquet per tar listing every URL, failures included. A few URLs failed there and a few were never tried."""
+    folder.mkdir(parents=True, exist_ok=True)
+    failed = set(rng.sample(range(len(urls)), 6))
+    never_tried = set(rng.sample(sorted(set(range(len(urls))) - failed), 3))
+    per_tar = len(urls) // 2
+    for shard in range(2):
+        rows = []
+        with tarfile.open(folder / f"{shard:05d}.tar", "w", format=tarfile.USTAR_FORMAT) as tar:
+            for index in range(shard * per_tar, (shard + 1) * per_tar):
+                if index in never_tried:
+                    continue
+                key = f"{shard:05d}{index - shard * per_tar:04d}"
+                row = {"url": urls[index], "key": key, "status": "success", "error_message": None,
+                       "width": None, "height": None, "original_width": None, "original_height": None,
+                       "sha256": hashlib.sha256(images[index]).hexdigest()}
+                if index in failed:
+                    row.update(status="failed_to_download", error_message="HTTP Error 404: Not Found", sha256=None)
+                else:
+                    with Image.open(io.BytesIO(images[index])) as image:
+                        row.update(width=image.width, height=image.height, original_width=image.width,
+                                   original_height=image.height)
+                    for name, data in ((f"{key}.jpg", images[index]), (f"{key}.json", json.dumps(row).encode())):
+                        info = tarfile.TarInfo(name)
+                        info.size, info.mtime = len(data), 0
+                        tar.addfile(info, io.BytesIO(data))
+                rows.append(row)
+        pq.write_table(pa.Table.from_pylist(rows), folder / f"{shard:05d}.parquet")
+
+
+def write_optout_list(rng: random.Random, path: Path, image_urls: list[str]) -> None:
+    """Opt-outs for the demo's offline run: one whole site, a few documents and a few images."""
+    lines = ["# Sample opt-outs: a domain opts out everything under it; a URL opts out just itself.",
+             SITES[-1]]
+    lines += rng.sample(image_urls, 8)
+    path.write_text("\n".join(lines) + "\n")
+
+
 BREAKS = ["length_mismatch", "text_and_image_at_one_position", "empty_position", "no_image", "no_text",
           "bad_metadata_json", "bad_metadata_length", "no_image"]
 
@@ -150,22 +193,21 @@ def main() -> None:
     paragraphs = prose_paragraphs()
     rng.shuffle(paragraphs)
     crops = photo_crops(rng)
-    (OUT / "images").mkdir(parents=True, exist_ok=True)
-    image_urls = []
-    for index, data in enumerate(crops):
-        name = f"photo_{index:04d}.jpg"
-        (OUT / "images" / name).write_bytes(data)
-        image_urls.append(f"https://{IMAGE_HOSTS[index % len(IMAGE_HOSTS)]}/media/{name}")
-    (OUT / "images" / "urls.json").write_text(json.dumps(
-        {url: f"photo_{i:04d}.jpg" for i, url in enumerate(image_urls)}, indent=0) + "\n")
+    image_urls = [f"https://{IMAGE_HOSTS[i % len(IMAGE_HOSTS)]}/media/photo_{i:04d}.jpg" for i in range(len(crops))]
+    write_img2dataset_download(rng, OUT / "img2dataset", image_urls, crops)
+    write_optout_list(rng, OUT / "optout.txt", image_urls)
     (OUT / "obelics").mkdir(parents=True, exist_ok=True)
+    opted_docs: list[str] = []
     for shard in range(SHARDS):
         rows = [make_document(rng, paragraphs, image_urls, shard * DOCS_PER_SHARD + i) for i in range(DOCS_PER_SHARD)]
         for k, how in enumerate(BREAKS[2 * shard: 2 * shard + 2]):
             rows[7 + 20 * k] = break_layout(rows[7 + 20 * k], how)
         rows[3] = break_layout(rows[3], "consecutive_texts")
+        opted_docs += [json.loads(rows[k]["general_metadata"])["url"] for k in (11, 31)]
         table = pa.Table.from_pylist(rows, schema=OBELICS_SCHEMA)
         pq.write_table(table, OUT / "obelics" / f"train-{shard:05d}-of-{SHARDS:05d}.parquet")
+    with open(OUT / "optout.txt", "a") as f:
+        f.write("\n".join(opted_docs) + "\n")
     print(f"wrote {SHARDS} x {DOCS_PER_SHARD} documents, {len(crops)} images, "
           f"{len(paragraphs)} paragraphs unused, under {OUT}")
 
