@@ -13,6 +13,8 @@ import pytest
 from pipelines.demo import sample_path
 
 SAMPLE_OBELICS = sample_path("obelics")
+# every OBELICS step, offline: opt-outs from the shipped list, images from the shipped img2dataset download
+OFFLINE_STEPS = ["--optout-list", sample_path("optout.txt"), "--images", sample_path("img2dataset")]
 REPO = Path(__file__).resolve().parent.parent
 
 

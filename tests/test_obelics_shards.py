@@ -14,11 +14,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import REPO, SAMPLE_OBELICS, output_tables, run_command
+from tests.conftest import OFFLINE_STEPS, REPO, SAMPLE_OBELICS, output_tables, run_command
 
 
 def obelics(*args: str) -> subprocess.CompletedProcess:
-    return run_command("pipelines.obelics", *args)
+    """All steps, offline, unless `args` choose otherwise."""
+    steps = [] if "--steps" in args else OFFLINE_STEPS
+    return run_command("pipelines.obelics", *steps, *args)
 
 
 def assert_accounts(output: Path) -> dict:
@@ -42,9 +44,9 @@ def test_split_runs_equal_one_run_and_rerun_does_nothing(tmp_path):
     assert obelics("--input", SAMPLE_OBELICS, "--output", str(whole), "--shards", "0-3").returncode == 0
     assert obelics("--input", SAMPLE_OBELICS, "--output", str(split), "--shards", "0-1").returncode == 0
     assert obelics("--input", SAMPLE_OBELICS, "--output", str(split), "--shards", "2-3").returncode == 0
-    for kind in ("data", "removed"):
+    for kind in ("data", "removed", "images"):
         names = sorted(p.name for p in (whole / kind).iterdir())
-        assert names == ["00000.parquet", "00001.parquet", "00002.parquet", "00003.parquet"]
+        assert [n.split(".")[0] for n in names] == ["00000", "00001", "00002", "00003"]
         assert names == sorted(p.name for p in (split / kind).iterdir())
         for name in names:
             assert (whole / kind / name).read_bytes() == (split / kind / name).read_bytes()
@@ -77,10 +79,11 @@ def all_rows(output: Path) -> list[tuple]:
 def test_killed_run_resumes_without_duplicates_or_holes(tmp_path):
     source = big_input(tmp_path / "in", shards=6, copies=300)  # 6 shards x 15,000 documents
     clean, killed = tmp_path / "clean", tmp_path / "killed"
-    assert obelics("--input", str(source), "--output", str(clean), "--workers", "1").returncode == 0
+    structure = ["--steps", "structure", "--workers", "1"]
+    assert obelics("--input", str(source), "--output", str(clean), *structure).returncode == 0
 
     process = subprocess.Popen([sys.executable, "-m", "pipelines.obelics", "--input", str(source), "--output",
-                                str(killed), "--workers", "1"], cwd=REPO, stdout=subprocess.DEVNULL,
+                                str(killed), *structure], cwd=REPO, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, start_new_session=True)
     completions = killed / "logs" / "completions"
     deadline = time.time() + 120
@@ -91,7 +94,7 @@ def test_killed_run_resumes_without_duplicates_or_holes(tmp_path):
     finished = len(os.listdir(completions))
     assert 2 <= finished < 6, "the kill should land part-way through the run"
 
-    resumed = obelics("--input", str(source), "--output", str(killed), "--workers", "1")
+    resumed = obelics("--input", str(source), "--output", str(killed), *structure)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"{6 - finished} to run, {finished} already done" in resumed.stderr
     assert not list(killed.rglob("*.tmp"))
