@@ -91,9 +91,11 @@ class Img2DatasetIndex:
     def _index_tar(db: sqlite3.Connection, path: Path, report: IndexReport) -> int:
         images: dict[str, tuple[int, int]] = {}
         urls: dict[str, str] = {}
+        end = 0  # where the last member's data ends, padded to the 512-byte block
         try:
             with tarfile.open(path, mode="r:") as tar:
                 for member in tar:
+                    end = member.offset_data + -(-member.size // 512) * 512
                     key, ext = os.path.splitext(member.name)
                     if ext.lower() in IMAGE_EXTENSIONS:
                         images[key] = (member.offset_data, member.size)
@@ -107,6 +109,8 @@ class Img2DatasetIndex:
         cut = [key for key, (offset, size) in images.items() if offset + size > file_size]
         if cut:
             report.problems.append(f"{path}: truncated, {len(cut)} image(s) cut short")
+        elif file_size < end + 512:  # a cut at a member boundary reads like a normal end but lacks the end marker
+            report.problems.append(f"{path}: truncated (no end-of-archive marker after {len(images)} images)")
         rows = [(url, "ok", "", path.name, *images[key]) for key, url in urls.items()
                 if key in images and key not in cut]
         db.executemany("INSERT OR REPLACE INTO images VALUES (?, ?, ?, ?, ?, ?)", rows)

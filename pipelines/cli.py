@@ -223,7 +223,7 @@ def _report_problems(logging_dir: DataFolder, pending: list[int], records: dict[
     failed = [s for s in pending if shard_name(s) not in records]
     for shard in failed:
         error_file = f"errors/{shard_name(shard)}.txt"
-        reason = logging_dir.open(error_file).read().strip() if logging_dir.isfile(error_file) else "did not finish"
+        reason = logging_dir.open(error_file, "r").read().strip() if logging_dir.isfile(error_file) else "did not finish"
         print(f"error: shard {shard_name(shard)} failed: {reason} "
               f"(log: {logging_dir.resolve_paths(f'logs/task_{shard_name(shard)}.log')})", file=sys.stderr)
     if failed:

@@ -29,6 +29,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     consent.add_argument("--optout-list", default=None, metavar="FILE",
                          help="offline opt-outs: URLs and domains, one a line, instead of the Spawning API")
     consent.add_argument("--spawning-url", default=SPAWNING_URL, help="Spawning API endpoint (default: %(default)s)")
+    consent.add_argument("--spawning-retries", type=int, default=SpawningConfig.retries,
+                         help="tries after the first on 429, 5xx and timeouts (default: %(default)s)")
+    consent.add_argument("--spawning-backoff", type=float, default=SpawningConfig.backoff,
+                         help="seconds before the first retry, doubling after (default: %(default)s)")
     consent.add_argument("--optout-cache", default=None, metavar="PATH",
                          help="SQLite cache of API answers, shareable by runs (default: OUTPUT/cache/optout.sqlite)")
     images = parser.add_argument_group("images (step images)")
@@ -55,7 +59,9 @@ def optout_step(args: argparse.Namespace, writer: ParquetShardWriter) -> Spawnin
             raise UsageError(f"step optout: set {' or '.join(TOKEN_VARIABLES)} to query the Spawning API, "
                              f"or give --optout-list FILE")
         cache = OptOutCache(args.optout_cache or os.path.join(args.output, "cache", "optout.sqlite"))
-        checker = SpawningOptOutChecker(SpawningConfig(url=args.spawning_url, token=token), cache)
+        config = SpawningConfig(url=args.spawning_url, token=token, retries=args.spawning_retries,
+                                backoff=args.spawning_backoff)
+        checker = SpawningOptOutChecker(config, cache)
     return SpawningOptOutFilter(checker, exclusion_writer=writer.removal_recorder("optout"))
 
 
