@@ -69,6 +69,7 @@ class _ImageHandler(BaseHTTPRequestHandler):
         path = self.path.split("?")[0]
         image = host.image
         if path.startswith("/ok"):
+            time.sleep(host.latency)
             self._send(image)
         elif path == "/noai.jpg":
             self._send(image, headers={"X-Robots-Tag": "noai"})
@@ -129,7 +130,8 @@ class ImageHost(_Server):
 
     handler = _ImageHandler
 
-    def __init__(self, stall_seconds: float = 3.0):
+    def __init__(self, stall_seconds: float = 3.0, latency: float = 0.0):
+        self.latency = latency  # seconds before answering /ok*: a stand-in for a real network's round trips
         self.image = jpeg_bytes()
         self.big_image = jpeg_bytes((640, 480), (30, 120, 200))
         self.stall_seconds = stall_seconds
