@@ -23,6 +23,8 @@ from datatrove.data import Document, DocumentsPipeline
 from datatrove.io import DataFolder, get_datafolder
 from datatrove.pipeline.base import PipelineStep
 
+from filters.shard_files import shard_name
+
 REMOVED_STEP_COLUMN = "removed_step"
 REMOVED_REASON_COLUMN = "removed_reason"
 REMOVED_COLUMNS = [(REMOVED_STEP_COLUMN, pa.string()), (REMOVED_REASON_COLUMN, pa.string())]
@@ -30,10 +32,6 @@ REMOVED_COLUMNS = [(REMOVED_STEP_COLUMN, pa.string()), (REMOVED_REASON_COLUMN, p
 
 class ShardInputError(Exception):
     """An input shard cannot be read as the expected format; the message names the file."""
-
-
-def shard_name(shard: int) -> str:
-    return f"{shard:05d}"
 
 
 @dataclass(frozen=True)

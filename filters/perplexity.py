@@ -1,0 +1,154 @@
+"""`perplexity`: score each document with a causal LM and remove the least natural text (Idefics2, facts.md).
+
+The recipe: the document's texts joined by "\n\n", tokenized without special tokens; longer than 512 tokens, a
+random contiguous 512-token window, seeded by the document id so that every run and every task count picks the
+same one; perplexity = exp(mean cross-entropy over the window's predicted tokens). Default model
+`tiiuae/falcon-rw-1b`, bf16 on GPU, fp32 on CPU, padding with the EOS token.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+from dataclasses import dataclass
+
+from datatrove.data import Document, DocumentsPipeline
+from datatrove.pipeline.filters.base_filter import BaseFilter
+from datatrove.pipeline.writers.disk_base import DiskWriter
+
+from filters.annotation_cache import ShardScoreCache
+
+PERPLEXITY_KEY = "perplexity"
+
+
+@dataclass
+class PerplexityConfig:
+    model: str = "tiiuae/falcon-rw-1b"  # the Idefics2 team's scorer (facts.md)
+    window: int = 512  # tokens; longer documents are scored on a random window of this size
+    batch_tokens: int = 16384  # padded tokens per forward pass; documents are grouped by length
+    device: str | None = None  # default: cuda if available, else cpu
+
+
+def window_seed(doc_id: str) -> int:
+    return int.from_bytes(hashlib.sha256(doc_id.encode()).digest()[:8], "big")
+
+
+def token_window(ids: list[int], window: int, doc_id: str) -> list[int]:
+    """The whole document, or a random contiguous `window` of it chosen by the document id."""
+    if len(ids) <= window:
+        return ids
+    start = random.Random(window_seed(doc_id)).randrange(len(ids) - window + 1)
+    return ids[start:start + window]
+
+
+class PerplexityScorer:
+    """A causal LM loaded once per task, lazily; scores batches of token windows grouped by length."""
+
+    def __init__(self, config: PerplexityConfig | None = None):
+        self.config = config or PerplexityConfig()
+        self._model = self._tokenizer = None
+
+    def __getstate__(self) -> dict:  # ship the config, not the weights, to workers
+        return {"config": self.config, "_model": None, "_tokenizer": None}
+
+    def load(self) -> None:
+        if self._model is not None:
+            return
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        device = self.config.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+        self._tokenizer = AutoTokenizer.from_pretrained(self.config.model)
+        self._model = AutoModelForCausalLM.from_pretrained(self.config.model, dtype=dtype).to(device).eval()
+        self.pad_id = self._tokenizer.pad_token_id if self._tokenizer.pad_token_id is not None \
+            else self._tokenizer.eos_token_id  # pad = eos (facts.md)
+
+    @property
+    def model(self):
+        self.load()
+        return self._model
+
+    def windows(self, texts: list[str], doc_ids: list[str]) -> list[list[int]]:
+        self.load()
+        encoded = self._tokenizer(texts, add_special_tokens=False)["input_ids"]
+        return [token_window(ids, self.config.window, doc_id) for ids, doc_id in zip(encoded, doc_ids)]
+
+    def score_windows(self, windows: list[list[int]]) -> list[float]:
+        """exp(mean token cross-entropy) per window; NaN for a window with fewer than 2 tokens (nothing to
+        predict)."""
+        import torch
+
+        model = self.model
+        scores = [math.nan] * len(windows)
+        order = sorted((i for i, w in enumerate(windows) if len(w) >= 2), key=lambda i: -len(windows[i]))
+        start = 0
+        while start < len(order):
+            longest = len(windows[order[start]])
+            size = max(1, self.config.batch_tokens // longest)
+            batch = order[start:start + size]
+            start += size
+            ids = torch.full((len(batch), longest), self.pad_id, dtype=torch.long)
+            mask = torch.zeros((len(batch), longest), dtype=torch.long)
+            for row, i in enumerate(batch):
+                ids[row, :len(windows[i])] = torch.tensor(windows[i])
+                mask[row, :len(windows[i])] = 1
+            ids, mask = ids.to(model.device), mask.to(model.device)
+            with torch.inference_mode():
+                logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+                losses = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
+                target_mask = mask[:, 1:].float()
+                mean = (losses * target_mask).sum(1) / target_mask.sum(1)
+            for row, i in enumerate(batch):
+                scores[i] = math.exp(mean[row].item())
+        return scores
+
+    def score(self, texts: list[str], doc_ids: list[str]) -> list[float]:
+        return self.score_windows(self.windows(texts, doc_ids))
+
+
+class PerplexityFilter(BaseFilter):
+    """Annotate `metadata["perplexity"]`; with `max_perplexity`, remove documents above it.
+
+    Rules: perplexity > `max_perplexity` -> `above_max_perplexity`; a document too short to score (under two
+    tokens) -> `too_short`. Without `max_perplexity` it only annotates (the first pass of a calibrated cut).
+    With `cache`, scores already on disk for the shard are reused, and new ones saved.
+    """
+
+    name = "perplexity"
+
+    def __init__(self, scorer: PerplexityScorer, max_perplexity: float | None = None,
+                 cache: ShardScoreCache | None = None, batch_size: int = 256,
+                 exclusion_writer: DiskWriter | None = None):
+        super().__init__(exclusion_writer, batch_size=batch_size)
+        self.scorer, self.max_perplexity, self.cache = scorer, max_perplexity, cache
+        self._scores: dict[str, float] = {}
+
+    def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        self._scores = self.cache.load(rank) if self.cache else {}
+        yield from super().run(data, rank, world_size)
+        if self.cache:
+            self.cache.save(rank, self._scores)
+
+    def filter_batch(self, batch: list[Document]) -> list[bool | tuple[bool, str]]:
+        todo = [doc for doc in batch if doc.id not in self._scores]
+        if todo:
+            with self.track_time("batch"):
+                windows = self.scorer.windows([d.text for d in todo], [d.id for d in todo])
+                self.stat_update("tokens_scored", value=sum(map(len, windows)))
+                self._scores.update(zip((d.id for d in todo), self.scorer.score_windows(windows)))
+        return [self._judge(doc) for doc in batch]
+
+    def _judge(self, doc: Document) -> bool | tuple[bool, str]:
+        perplexity = self._scores[doc.id]
+        doc.metadata[PERPLEXITY_KEY] = perplexity
+        if math.isnan(perplexity):
+            return (False, "too_short") if self.max_perplexity is not None else True
+        self.stat_update(PERPLEXITY_KEY, value=perplexity)
+        if self.max_perplexity is not None and perplexity > self.max_perplexity:
+            return False, "above_max_perplexity"
+        return True
+
+    def filter(self, doc: Document) -> bool | tuple[bool, str]:
+        return self.filter_batch([doc])[0]
