@@ -1,8 +1,8 @@
 """`perplexity`: score each document with a causal LM and remove the least natural text (Idefics2, facts.md).
 
 The recipe: the document's texts joined by "\n\n", tokenized without special tokens; longer than 512 tokens, a
-random contiguous 512-token window, seeded by the document id so that every run and every task count picks the
-same one; perplexity = exp(mean cross-entropy over the window's predicted tokens). Default model
+random contiguous 512-token window, seeded by the text itself so that every run, every sharding and every
+task count picks the same one; perplexity = exp(mean cross-entropy over the window's predicted tokens). Default model
 `tiiuae/falcon-rw-1b`, bf16 on GPU, fp32 on CPU, padding with the EOS token.
 """
 
@@ -30,15 +30,15 @@ class PerplexityConfig:
     device: str | None = None  # default: cuda if available, else cpu
 
 
-def window_seed(doc_id: str) -> int:
-    return int.from_bytes(hashlib.sha256(doc_id.encode()).digest()[:8], "big")
+def window_seed(text: str) -> int:
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big")
 
 
-def token_window(ids: list[int], window: int, doc_id: str) -> list[int]:
-    """The whole document, or a random contiguous `window` of it chosen by the document id."""
+def token_window(ids: list[int], window: int, text: str) -> list[int]:
+    """The whole document, or a random contiguous `window` of it, chosen by the document's text."""
     if len(ids) <= window:
         return ids
-    start = random.Random(window_seed(doc_id)).randrange(len(ids) - window + 1)
+    start = random.Random(window_seed(text)).randrange(len(ids) - window + 1)
     return ids[start:start + window]
 
 
@@ -70,10 +70,10 @@ class PerplexityScorer:
         self.load()
         return self._model
 
-    def windows(self, texts: list[str], doc_ids: list[str]) -> list[list[int]]:
+    def windows(self, texts: list[str]) -> list[list[int]]:
         self.load()
         encoded = self._tokenizer(texts, add_special_tokens=False)["input_ids"]
-        return [token_window(ids, self.config.window, doc_id) for ids, doc_id in zip(encoded, doc_ids)]
+        return [token_window(ids, self.config.window, text) for ids, text in zip(encoded, texts)]
 
     def score_windows(self, windows: list[list[int]]) -> list[float]:
         """exp(mean token cross-entropy) per window; NaN for a window with fewer than 2 tokens (nothing to
@@ -104,8 +104,8 @@ class PerplexityScorer:
                 scores[i] = math.exp(mean[row].item())
         return scores
 
-    def score(self, texts: list[str], doc_ids: list[str]) -> list[float]:
-        return self.score_windows(self.windows(texts, doc_ids))
+    def score(self, texts: list[str]) -> list[float]:
+        return self.score_windows(self.windows(texts))
 
 
 class PerplexityFilter(BaseFilter):
@@ -135,7 +135,7 @@ class PerplexityFilter(BaseFilter):
         todo = [doc for doc in batch if doc.id not in self._scores]
         if todo:
             with self.track_time("batch"):
-                windows = self.scorer.windows([d.text for d in todo], [d.id for d in todo])
+                windows = self.scorer.windows([d.text for d in todo])
                 self.stat_update("tokens_scored", value=sum(map(len, windows)))
                 self._scores.update(zip((d.id for d in todo), self.scorer.score_windows(windows)))
         return [self._judge(doc) for doc in batch]

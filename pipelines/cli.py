@@ -21,14 +21,21 @@ from datatrove.io import DataFolder, get_datafolder
 from datatrove.pipeline.base import PipelineStep
 
 from pipelines import summary as summaries
+from pipelines.calibration import Calibration, Cut, plot_cut, save_cuts, top_fraction_cut
 from pipelines.executors import ExecutorOptions, run_executor
-from pipelines.shards import ParquetShardReader, ParquetShardWriter, RowFormat, ShardInputError, shard_name
+from pipelines.shards import (
+    DiscardingWriter, ParquetShardReader, ParquetShardWriter, RowFormat, ShardInputError, shard_name,
+)
 
 RUN_FILE = "run.json"
 
 
 class UsageError(Exception):
     """A user mistake (a flag, a path, an input file): reported as one line and exit status 2."""
+
+
+class CalibrationError(Exception):
+    """The scoring pass of a calibrated cut did not finish: reported as one line and exit status 1."""
 
 
 StepFactory = Callable[[argparse.Namespace, ParquetShardWriter], PipelineStep]
@@ -46,6 +53,8 @@ class PipelineSpec:
     add_arguments: Callable[[argparse.ArgumentParser], None] = lambda parser: None
     file_suffix: str = ".parquet"
     run_options: Sequence[str] = field(default_factory=tuple)  # flags that change the output: checked on resume
+    calibrations: Sequence[Calibration] = field(default_factory=tuple)  # cuts set on the whole run's scores
+    expensive_steps: Sequence[str] = ("images",)  # skipped by a calibration pass whose scores do not need them
 
 
 def build_parser(spec: PipelineSpec) -> argparse.ArgumentParser:
@@ -60,6 +69,8 @@ def build_parser(spec: PipelineSpec) -> argparse.ArgumentParser:
                     help=f"steps to run, in pipeline order (default: all: {','.join(spec.steps)})")
     io.add_argument("--limit", type=int, default=-1, help="documents per shard, for smoke runs (default: all)")
     io.add_argument("--logging-dir", default=None, help="logs, stats, completion markers (default: OUTPUT/logs)")
+    io.add_argument("--calibration-shards", default=None, metavar="A-B",
+                    help="shards whose scores set calibrated cuts such as --ppl-drop-top (default: all input files)")
     run = parser.add_argument_group("execution")
     run.add_argument("--executor", choices=("local", "slurm", "ray"), default="local")
     run.add_argument("--workers", type=int, default=min(os.cpu_count() or 1, 4),
@@ -167,10 +178,48 @@ def executor_options(args: argparse.Namespace) -> ExecutorOptions:
 
 
 def build_pipeline(spec: PipelineSpec, args: argparse.Namespace, input_path: str, files: list[str],
-                   steps: list[str]) -> list[PipelineStep]:
-    writer = ParquetShardWriter(args.output, spec.row_format, write_images="images" in steps)
+                   steps: list[str], scoring_only: bool = False) -> list[PipelineStep]:
+    writer = DiscardingWriter() if scoring_only else \
+        ParquetShardWriter(args.output, spec.row_format, write_images="images" in steps)
     reader = ParquetShardReader(input_path, files, spec.row_format, limit=args.limit)
     return [reader, *(spec.steps[name](args, writer) for name in steps), writer]
+
+
+def calibrate(spec: PipelineSpec, args: argparse.Namespace, input_path: str, files: list[str], steps: list[str],
+              logging_dir: DataFolder, output: DataFolder) -> list[Cut]:
+    """Score the calibration shards with every calibrated step (only what those steps need runs before them),
+    then set each step's threshold from the merged scores into `args.calibrated`. Step factories build the
+    calibrated steps as scorers only while `args.annotate_only` names them."""
+    active = [c for c in spec.calibrations if c.step in steps and c.fraction(args) is not None]
+    if not active:
+        return []
+    needed = {n for c in active for n in c.needs}
+    last = max(steps.index(c.step) for c in active)
+    prefix = [s for s in steps[:last + 1] if s in needed or s not in spec.expensive_steps]
+    shards = parse_shard_range(args.calibration_shards, len(files), f"--input {args.input}")
+    print(f"calibration: scoring shards {shards.start}-{shards.stop - 1} with {','.join(prefix)} to set "
+          f"{', '.join(f'{c.step} (top {100 * c.fraction(args):g}%)' for c in active)}", file=sys.stderr)
+    args.annotate_only = {c.step for c in active}
+    pipeline = build_pipeline(spec, args, input_path, files, prefix, scoring_only=True)
+    calibration_logs = get_datafolder(logging_dir.resolve_paths("calibration"))
+    run_executor(pipeline, len(files), shards, calibration_logs.path, executor_options(args))
+    args.annotate_only = set()
+    unfinished = [s for s in shards if not calibration_logs.isfile(f"completions/{shard_name(s)}")]
+    if unfinished:
+        raise CalibrationError(f"calibration: {len(unfinished)} shard(s) failed to score, e.g. {unfinished[0]} "
+                               f"(see {calibration_logs.resolve_paths('errors')}); run the command again")
+    cuts = []
+    for calibration in active:
+        cut = top_fraction_cut(calibration.step, calibration.scores(args).values(list(shards)),
+                               calibration.fraction(args), calibration.log_scale)
+        args.calibrated[calibration.step] = cut.threshold
+        plot_cut(cut, f"{cut.step}_histogram.png", output, calibration.log_scale)
+        print(f"calibration: {cut.step} threshold {cut.threshold:.6g} (top {100 * cut.fraction:g}% of "
+              f"{cut.scored:,} scores: {cut.above:,} above); plot {output.resolve_paths(cut.step)}_histogram.png",
+              file=sys.stderr)
+        cuts.append(cut)
+    save_cuts(output, cuts)
+    return cuts
 
 
 def run(spec: PipelineSpec, args: argparse.Namespace) -> int:
@@ -196,6 +245,7 @@ def run(spec: PipelineSpec, args: argparse.Namespace) -> int:
     print(f"{title}: {len(pending)} to run, {len(done)} already done; steps {','.join(steps) or '(none)'}",
           file=sys.stderr)
     check_inputs(get_datafolder(input_path), [files[s] for s in pending], spec.row_format)
+    calibrate(spec, args, input_path, files, steps, logging_dir, output)
     pipeline = build_pipeline(spec, args, input_path, files, steps)
     with output.open(RUN_FILE, "w") as f:
         json.dump(run_settings, f, indent=1)
@@ -234,8 +284,12 @@ def _report_problems(logging_dir: DataFolder, pending: list[int], records: dict[
 
 def main(spec: PipelineSpec, argv: Sequence[str] | None = None) -> int:
     args = build_parser(spec).parse_args(argv)
+    args.annotate_only, args.calibrated = set(), {}
     try:
         return run(spec, args)
     except (UsageError, ShardInputError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except CalibrationError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1

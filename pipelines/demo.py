@@ -1,7 +1,8 @@
 """`python -m pipelines.demo`: the whole recipe on the sample data that ships with the project, offline.
 
 Today: the OBELICS pipeline over the 4 sample shards: layout rules, opt-outs from the shipped list, images
-joined from the shipped img2dataset download. Each issue that lands adds its part here.
+joined from the shipped img2dataset download, perplexity (top 5% of the run removed) and NSFW scores from the
+shipped tiny models. Each issue that lands adds its part here.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     status = cli.main(obelics.SPEC, [
         "--input", sample_path("obelics"), "--output", f"{output}/obelics", "--workers", str(args.workers),
         "--optout-list", sample_path("optout.txt"), "--images", sample_path("img2dataset"),
+        "--ppl-model", sample_path("models", "tiny-falcon"),
+        "--nsfw-backend", "classifier", "--nsfw-model", sample_path("models", "tiny-nsfw-vit"),
     ])
     if status == 0:
         print(f"demo: done; kept documents in {output}/obelics/data (their images in images/), removed ones with "

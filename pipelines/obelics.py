@@ -1,8 +1,8 @@
 """`python -m pipelines.obelics`: filter OBELICS interleaved web documents, one datatrove task per input file.
 
 Steps, in order: `structure` (the layout rules), `optout` (Spawning opt-outs, before anything is fetched),
-`images` (download, or join with an img2dataset download). Later issues add `perplexity`, `nsfw` and
-`decontam`.
+`images` (download, or join with an img2dataset download), `perplexity` (Falcon-1B; by default the 5% highest
+of the whole run are removed), `nsfw` (any flagged image removes its document). `decontam` comes next.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 
 from filters.structure import InterleavedStructureFilter
-from pipelines import consent_and_images
+from pipelines import consent_and_images, model_steps
 from pipelines.cli import PipelineSpec, main
 from pipelines.obelics_format import OBELICS_FORMAT, OBELICS_HUB_INPUT
 
@@ -23,9 +23,12 @@ SPEC = PipelineSpec(
         "structure": lambda args, writer: InterleavedStructureFilter(writer.removal_recorder("structure")),
         "optout": consent_and_images.optout_step,
         "images": consent_and_images.images_step,
+        "perplexity": model_steps.perplexity_step,
+        "nsfw": model_steps.nsfw_step,
     },
-    add_arguments=consent_and_images.add_arguments,
-    run_options=consent_and_images.RUN_OPTIONS,
+    add_arguments=lambda parser: (consent_and_images.add_arguments(parser), model_steps.add_arguments(parser)),
+    run_options=consent_and_images.RUN_OPTIONS + model_steps.RUN_OPTIONS,
+    calibrations=model_steps.CALIBRATIONS,
 )
 
 if __name__ == "__main__":

@@ -251,3 +251,19 @@ class ParquetShardWriter(PipelineStep):
             self.stat_update(f"removed/{key}", value=count)
         return
         yield  # a generator, like every datatrove step
+
+
+class DiscardingWriter(PipelineStep):
+    """The end of a scoring-only pass: consumes documents, writes nothing; its filters record no removals."""
+
+    name = "discard"
+    type = "🗑 - SINK"
+
+    def removal_recorder(self, step: str) -> None:
+        return None
+
+    def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        for _ in data or ():
+            self.stat_update("documents")
+        return
+        yield

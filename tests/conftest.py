@@ -13,8 +13,12 @@ import pytest
 from pipelines.demo import sample_path
 
 SAMPLE_OBELICS = sample_path("obelics")
-# every OBELICS step, offline: opt-outs from the shipped list, images from the shipped img2dataset download
-OFFLINE_STEPS = ["--optout-list", sample_path("optout.txt"), "--images", sample_path("img2dataset")]
+MODELS = sample_path("models")
+# every OBELICS step, offline: opt-outs from the shipped list, images from the shipped img2dataset download,
+# the shipped tiny models (the LAION-style CLIP detector for NSFW)
+OFFLINE_STEPS = ["--optout-list", sample_path("optout.txt"), "--images", sample_path("img2dataset"),
+                 "--ppl-model", f"{MODELS}/tiny-falcon", "--nsfw-clip-model", f"{MODELS}/tiny-clip",
+                 "--nsfw-head", f"{MODELS}/tiny-clip-nsfw-head.safetensors"]
 REPO = Path(__file__).resolve().parent.parent
 
 
