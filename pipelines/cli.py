@@ -197,6 +197,10 @@ def calibrate(spec: PipelineSpec, args: argparse.Namespace, input_path: str, fil
     last = max(steps.index(c.step) for c in active)
     prefix = [s for s in steps[:last + 1] if s in needed or s not in spec.expensive_steps]
     shards = parse_shard_range(args.calibration_shards, len(files), f"--input {args.input}")
+    try:
+        check_inputs(get_datafolder(input_path), [files[s] for s in shards], spec.row_format)
+    except UsageError as error:
+        raise UsageError(f"{error}; it is a calibration shard: choose others with --calibration-shards") from None
     print(f"calibration: scoring shards {shards.start}-{shards.stop - 1} with {','.join(prefix)} to set "
           f"{', '.join(f'{c.step} (top {100 * c.fraction(args):g}%)' for c in active)}", file=sys.stderr)
     args.annotate_only = {c.step for c in active}

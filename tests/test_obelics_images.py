@@ -40,6 +40,7 @@ def test_download_after_optout_with_statuses_and_stored_images(tmp_path):
                        source / "0.parquet")
         result = run_command(
             "pipelines.obelics", "--input", str(source), "--output", str(tmp_path / "out"),
+            "--steps", "structure,optout,images",
             "--spawning-url", api.url("/q"), "--allow-private-hosts", f"127.0.0.1:{host.port}",
             "--image-timeout", "1", "--image-max-side", "32", env={"SPAWNING_TOKEN": api.token})
         assert result.returncode == 0, result.stderr[-3000:]

@@ -138,8 +138,11 @@ def test_parquet_missing_a_column_and_unreadable_file(tmp_path):
     (folder / "b.parquet").write_bytes(b"this is not parquet at all")
     line = one_error_line(obelics("--input", str(folder), "--output", str(tmp_path / "o2")))
     assert "b.parquet" in line and "not a readable parquet" in line
-    # the good shard alone still runs
-    assert obelics("--input", str(folder), "--output", str(tmp_path / "o3"), "--shards", "0-0").returncode == 0
+    # the good shard alone still runs, once the perplexity cut is calibrated on it alone too
+    line = one_error_line(obelics("--input", str(folder), "--output", str(tmp_path / "o3"), "--shards", "0-0"))
+    assert "b.parquet" in line and "--calibration-shards" in line
+    assert obelics("--input", str(folder), "--output", str(tmp_path / "o3"), "--shards", "0-0",
+                   "--calibration-shards", "0-0").returncode == 0
 
 
 def test_resuming_with_other_flags_is_refused(tmp_path):
