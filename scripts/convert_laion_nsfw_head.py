@@ -41,7 +41,9 @@ def keras_weights(path: str) -> list[np.ndarray]:
 def to_state_dict(weights: list[np.ndarray]) -> dict[str, torch.Tensor]:
     head = ClipNsfwHead(768)
     mean, variance = weights[0].reshape(-1), weights[1].reshape(-1)
-    dense = [w for w in weights[2:] if w.ndim in (1, 2) and w.size > 1]  # drops the normalisation's count
+    dense = weights[2:]
+    if dense and np.ndim(dense[0]) == 0:  # the normalisation's sample count
+        dense = dense[1:]
     linears = [m for m in head.layers if isinstance(m, torch.nn.Linear)]
     if len(dense) != 2 * len(linears):
         raise ValueError(f"expected {2 * len(linears)} dense arrays, found {len(dense)}")
