@@ -54,7 +54,8 @@ def main() -> None:
     scorer.load()
     if args.width != 128:
         config = FalconConfig.from_pretrained(FALCON)
-        config.hidden_size, config.num_hidden_layers, config.num_attention_heads = args.width, 4, args.width // 64
+        config.hidden_size, config.num_hidden_layers = args.width, 4
+        config.num_attention_heads = config.num_kv_heads = args.width // 64
         torch.manual_seed(0)
         scorer._model = FalconForCausalLM(config).to(scorer._model.device, scorer._model.dtype).eval()
     windows = scorer.windows(documents(args.docs))

@@ -26,7 +26,9 @@ PERPLEXITY_KEY = "perplexity"
 class PerplexityConfig:
     model: str = "tiiuae/falcon-rw-1b"  # the Idefics2 team's scorer (facts.md)
     window: int = 512  # tokens; longer documents are scored on a random window of this size
-    batch_tokens: int = 16384  # padded tokens per forward pass; documents are grouped by length
+    # padded tokens per forward pass (documents are grouped by length); None: 2,048 on CPU, where larger
+    # batches lose to cache misses (benchmarks/perplexity_bench.py), 32,768 on GPU
+    batch_tokens: int | None = None
     device: str | None = None  # default: cuda if available, else cpu
 
 
@@ -64,6 +66,7 @@ class PerplexityScorer:
         self._model = AutoModelForCausalLM.from_pretrained(self.config.model, dtype=dtype).to(device).eval()
         self.pad_id = self._tokenizer.pad_token_id if self._tokenizer.pad_token_id is not None \
             else self._tokenizer.eos_token_id  # pad = eos (facts.md)
+        self.batch_tokens = self.config.batch_tokens or (32768 if device.startswith("cuda") else 2048)
 
     @property
     def model(self):
@@ -80,13 +83,13 @@ class PerplexityScorer:
         predict)."""
         import torch
 
-        model = self.model
+        model = self.model  # loads the model (and batch_tokens) on first use
         scores = [math.nan] * len(windows)
         order = sorted((i for i, w in enumerate(windows) if len(w) >= 2), key=lambda i: -len(windows[i]))
         start = 0
         while start < len(order):
             longest = len(windows[order[start]])
-            size = max(1, self.config.batch_tokens // longest)
+            size = max(1, self.batch_tokens // longest)
             batch = order[start:start + size]
             start += size
             ids = torch.full((len(batch), longest), self.pad_id, dtype=torch.long)
@@ -94,12 +97,16 @@ class PerplexityScorer:
             for row, i in enumerate(batch):
                 ids[row, :len(windows[i])] = torch.tensor(windows[i])
                 mask[row, :len(windows[i])] = 1
-            ids, mask = ids.to(model.device), mask.to(model.device)
+            # position t predicts token t+1; padding and the last position predict nothing (-100)
+            targets = torch.full_like(ids, -100)
+            targets[:, :-1] = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
+            ids, mask, targets = ids.to(model.device), mask.to(model.device), targets.to(model.device)
             with torch.inference_mode():
-                logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
-                losses = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
-                target_mask = mask[:, 1:].float()
-                mean = (losses * target_mask).sum(1) / target_mask.sum(1)
+                logits = model(input_ids=ids, attention_mask=mask).logits
+                losses = torch.nn.functional.cross_entropy(logits.view(-1, logits.shape[-1]).float(),
+                                                           targets.view(-1), reduction="none").view(targets.shape)
+                predicted = (targets != -100).sum(1)
+                mean = losses.sum(1) / predicted
             for row, i in enumerate(batch):
                 scores[i] = math.exp(mean[row].item())
         return scores

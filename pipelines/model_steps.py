@@ -22,8 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ppl = parser.add_argument_group("perplexity (step perplexity)")
     ppl.add_argument("--ppl-model", default=PerplexityConfig.model, help="causal LM, Hub id or path (default: %(default)s)")
     ppl.add_argument("--ppl-window", type=int, default=PerplexityConfig.window, help="tokens scored per document")
-    ppl.add_argument("--ppl-batch-tokens", type=int, default=PerplexityConfig.batch_tokens,
-                     help="padded tokens per forward pass")
+    ppl.add_argument("--ppl-batch-tokens", type=int, default=None,
+                     help="padded tokens per forward pass (default: 2048 on CPU, 32768 on GPU)")
     ppl.add_argument("--ppl-drop-top", type=float, default=None, metavar="F",
                      help=f"remove the fraction F with the highest perplexity over the whole run "
                           f"(default: {PAPER_PPL_DROP_TOP}, the paper's rule)")
