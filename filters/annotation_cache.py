@@ -12,7 +12,10 @@ from collections.abc import Iterator
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from datatrove.data import DocumentsPipeline
 from datatrove.io import get_datafolder
+from datatrove.pipeline.filters.base_filter import BaseFilter
+from datatrove.pipeline.writers.disk_base import DiskWriter
 
 from filters.shard_files import shard_name
 
@@ -50,3 +53,18 @@ class ShardScoreCache:
             if folder.isfile(name):
                 with folder.open(name, "rb") as f:
                     yield pq.read_table(f, columns=["value"]).column("value").to_numpy()
+
+
+class ScoringFilter(BaseFilter):
+    """A filter that keeps `self._scores` (key -> score) for its shard, loaded from and saved to `cache`."""
+
+    def __init__(self, cache: ShardScoreCache | None, batch_size: int, exclusion_writer: DiskWriter | None):
+        super().__init__(exclusion_writer, batch_size=batch_size)
+        self.cache = cache
+        self._scores: dict[str, float] = {}
+
+    def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        self._scores = self.cache.load(rank) if self.cache else {}
+        yield from super().run(data, rank, world_size)
+        if self.cache:
+            self.cache.save(rank, self._scores)

@@ -17,11 +17,10 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import torch
-from datatrove.data import Document, DocumentsPipeline, Media
-from datatrove.pipeline.filters.base_filter import BaseFilter
+from datatrove.data import Document, Media
 from datatrove.pipeline.writers.disk_base import DiskWriter
 
-from filters.annotation_cache import ShardScoreCache
+from filters.annotation_cache import ScoringFilter, ShardScoreCache
 from filters.layout import remove_images
 
 NSFW_KEY = "nsfw_scores"  # metadata: one score per image, in media order
@@ -67,80 +66,81 @@ def _decode(media: list[Media]):
     return [Image.open(io.BytesIO(m.media_bytes)).convert("RGB") for m in media]
 
 
+class _ModelScorer:
+    """Loads its model lazily, once per process (workers receive the config, not the weights), and scores
+    images in batches."""
+
+    batch_size: int
+    device: str | None
+
+    def __post_init__(self):
+        self._loaded = None
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "_loaded"} | {"_loaded": None}
+
+    def _load_models(self, device: str) -> tuple:
+        raise NotImplementedError
+
+    def _score_pixels(self, models: tuple, pixel_values: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def score(self, media: list[Media]) -> list[float]:
+        if self._loaded is None:
+            self._loaded = self._load_models(_device(self.device))
+        processor, *models = self._loaded
+        scores: list[float] = []
+        for start in range(0, len(media), self.batch_size):
+            pixels = processor(images=_decode(media[start:start + self.batch_size]), return_tensors="pt")
+            with torch.inference_mode():
+                scores += self._score_pixels(models, pixels["pixel_values"]).float().tolist()
+        return scores
+
+
 @dataclass
-class ImageClassifierScorer:
+class ImageClassifierScorer(_ModelScorer):
     model: str
     nsfw_labels: tuple[str, ...] = LAION_SAFETY_LABELS
     batch_size: int = 64
     device: str | None = None
 
-    def __post_init__(self):
-        self._loaded = None
+    def _load_models(self, device: str) -> tuple:
+        from transformers import AutoImageProcessor, AutoModelForImageClassification
 
-    def __getstate__(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k != "_loaded"} | {"_loaded": None}
+        dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+        model = AutoModelForImageClassification.from_pretrained(self.model, dtype=dtype).to(device).eval()
+        flagged = [i for i, name in model.config.id2label.items() if name.lower() in self.nsfw_labels]
+        if not flagged:
+            raise ValueError(f"{self.model}: none of its labels {list(model.config.id2label.values())} is one of "
+                             f"the NSFW labels {list(self.nsfw_labels)}")
+        return AutoImageProcessor.from_pretrained(self.model), model, flagged
 
-    def _load(self):
-        if self._loaded is None:
-            from transformers import AutoImageProcessor, AutoModelForImageClassification
-
-            device = _device(self.device)
-            dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-            processor = AutoImageProcessor.from_pretrained(self.model)
-            model = AutoModelForImageClassification.from_pretrained(self.model, dtype=dtype).to(device).eval()
-            flagged = [i for i, name in model.config.id2label.items() if name.lower() in self.nsfw_labels]
-            if not flagged:
-                raise ValueError(f"{self.model}: none of its labels {list(model.config.id2label.values())} is one "
-                                 f"of the NSFW labels {list(self.nsfw_labels)}")
-            self._loaded = processor, model, flagged
-        return self._loaded
-
-    def score(self, media: list[Media]) -> list[float]:
-        processor, model, flagged = self._load()
-        scores: list[float] = []
-        for start in range(0, len(media), self.batch_size):
-            pixels = processor(images=_decode(media[start:start + self.batch_size]), return_tensors="pt")
-            with torch.inference_mode():
-                logits = model(pixel_values=pixels["pixel_values"].to(model.device, model.dtype)).logits
-            scores += logits.float().softmax(-1)[:, flagged].sum(-1).tolist()
-        return scores
+    def _score_pixels(self, models: tuple, pixel_values: torch.Tensor) -> torch.Tensor:
+        model, flagged = models
+        logits = model(pixel_values=pixel_values.to(model.device, model.dtype)).logits
+        return logits.float().softmax(-1)[:, flagged].sum(-1)
 
 
 @dataclass
-class ClipNsfwScorer:
+class ClipNsfwScorer(_ModelScorer):
     head: str  # safetensors of ClipNsfwHead (see scripts/convert_laion_nsfw_head.py for LAION's Keras weights)
     clip_model: str = "openai/clip-vit-large-patch14"  # LAION's detector embeds with CLIP ViT-L/14 (facts.md)
     batch_size: int = 64
     device: str | None = None
 
-    def __post_init__(self):
-        self._loaded = None
+    def _load_models(self, device: str) -> tuple:
+        from safetensors.torch import load_file
+        from transformers import AutoImageProcessor, CLIPVisionModelWithProjection
 
-    def __getstate__(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k != "_loaded"} | {"_loaded": None}
+        clip = CLIPVisionModelWithProjection.from_pretrained(self.clip_model).to(device).eval()
+        head = ClipNsfwHead(clip.config.projection_dim)
+        head.load_state_dict(load_file(self.head))
+        return AutoImageProcessor.from_pretrained(self.clip_model), clip, head.to(device).eval()
 
-    def _load(self):
-        if self._loaded is None:
-            from safetensors.torch import load_file
-            from transformers import AutoImageProcessor, CLIPVisionModelWithProjection
-
-            device = _device(self.device)
-            processor = AutoImageProcessor.from_pretrained(self.clip_model)
-            clip = CLIPVisionModelWithProjection.from_pretrained(self.clip_model).to(device).eval()
-            head = ClipNsfwHead(clip.config.projection_dim)
-            head.load_state_dict(load_file(self.head))
-            self._loaded = processor, clip, head.to(device).eval()
-        return self._loaded
-
-    def score(self, media: list[Media]) -> list[float]:
-        processor, clip, head = self._load()
-        scores: list[float] = []
-        for start in range(0, len(media), self.batch_size):
-            pixels = processor(images=_decode(media[start:start + self.batch_size]), return_tensors="pt")
-            with torch.inference_mode():
-                embeddings = clip(pixel_values=pixels["pixel_values"].to(clip.device)).image_embeds
-                scores += torch.sigmoid(head(embeddings)).squeeze(-1).tolist()
-        return scores
+    def _score_pixels(self, models: tuple, pixel_values: torch.Tensor) -> torch.Tensor:
+        clip, head = models
+        embeddings = clip(pixel_values=pixel_values.to(clip.device)).image_embeds
+        return torch.sigmoid(head(embeddings)).squeeze(-1)
 
 
 @dataclass
@@ -156,7 +156,7 @@ class SourceScore:
 POLICIES = ("document", "image")
 
 
-class NsfwFilter(BaseFilter):
+class NsfwFilter(ScoringFilter):
     """Annotate `metadata["nsfw_scores"]` (one per image); with `threshold`, remove what scores above it.
 
     Policies: `document` (the OBELICS rule, and the one for image-text pairs): any flagged image removes the
@@ -170,17 +170,10 @@ class NsfwFilter(BaseFilter):
     def __init__(self, scorer: NsfwScorer, threshold: float | None = 0.5, policy: str = "document",
                  cache: ShardScoreCache | None = None, batch_size: int = 64,
                  exclusion_writer: DiskWriter | None = None):
-        super().__init__(exclusion_writer, batch_size=batch_size)
+        super().__init__(cache, batch_size, exclusion_writer)
         if policy not in POLICIES:
             raise ValueError(f"policy must be one of {POLICIES}, not {policy!r}")
-        self.scorer, self.threshold, self.policy, self.cache = scorer, threshold, policy, cache
-        self._scores: dict[str, float] = {}
-
-    def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
-        self._scores = self.cache.load(rank) if self.cache else {}
-        yield from super().run(data, rank, world_size)
-        if self.cache:
-            self.cache.save(rank, self._scores)
+        self.scorer, self.threshold, self.policy = scorer, threshold, policy
 
     def _score_new(self, media: list[Media]) -> None:
         """Score in one batch; if an image in it cannot be read, score one by one so only that one is lost."""

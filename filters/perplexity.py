@@ -13,11 +13,10 @@ import math
 import random
 from dataclasses import dataclass
 
-from datatrove.data import Document, DocumentsPipeline
-from datatrove.pipeline.filters.base_filter import BaseFilter
+from datatrove.data import Document
 from datatrove.pipeline.writers.disk_base import DiskWriter
 
-from filters.annotation_cache import ShardScoreCache
+from filters.annotation_cache import ScoringFilter, ShardScoreCache
 
 PERPLEXITY_KEY = "perplexity"
 
@@ -115,7 +114,7 @@ class PerplexityScorer:
         return self.score_windows(self.windows(texts))
 
 
-class PerplexityFilter(BaseFilter):
+class PerplexityFilter(ScoringFilter):
     """Annotate `metadata["perplexity"]`; with `max_perplexity`, remove documents above it.
 
     Rules: perplexity > `max_perplexity` -> `above_max_perplexity`; a document too short to score (under two
@@ -128,15 +127,8 @@ class PerplexityFilter(BaseFilter):
     def __init__(self, scorer: PerplexityScorer, max_perplexity: float | None = None,
                  cache: ShardScoreCache | None = None, batch_size: int = 256,
                  exclusion_writer: DiskWriter | None = None):
-        super().__init__(exclusion_writer, batch_size=batch_size)
-        self.scorer, self.max_perplexity, self.cache = scorer, max_perplexity, cache
-        self._scores: dict[str, float] = {}
-
-    def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
-        self._scores = self.cache.load(rank) if self.cache else {}
-        yield from super().run(data, rank, world_size)
-        if self.cache:
-            self.cache.save(rank, self._scores)
+        super().__init__(cache, batch_size, exclusion_writer)
+        self.scorer, self.max_perplexity = scorer, max_perplexity
 
     def filter_batch(self, batch: list[Document]) -> list[bool | tuple[bool, str]]:
         todo = [doc for doc in batch if doc.id not in self._scores]
