@@ -55,6 +55,7 @@ class PipelineSpec:
     run_options: Sequence[str] = field(default_factory=tuple)  # flags that change the output: checked on resume
     calibrations: Sequence[Calibration] = field(default_factory=tuple)  # cuts set on the whole run's scores
     expensive_steps: Sequence[str] = ("images",)  # skipped by a calibration pass whose scores do not need them
+    reports: Sequence[Callable[[DataFolder], str | None]] = field(default_factory=tuple)  # written after a run
 
 
 def build_parser(spec: PipelineSpec) -> argparse.ArgumentParser:
@@ -264,6 +265,9 @@ def run(spec: PipelineSpec, args: argparse.Namespace) -> int:
     print(summaries.format_report(f"this run: {len(this_run)} shards", summaries.total(this_run), seconds))
     if len(report["shards"]) > len(this_run):
         print(summaries.format_report(f"output so far: {len(report['shards'])} shards", report["total"]))
+    for write in spec.reports:
+        if line := write(output):
+            print(line)
     return _report_problems(logging_dir, pending, records)
 
 

@@ -8,6 +8,8 @@
   stored as JPEGs in an img2dataset-format download under `img2dataset/` (a few URLs failed there, a few are
   missing), so every image is available without a network.
 - `optout.txt`: opt-outs for an offline run: one whole site, two documents per shard, eight images.
+- `eval/vqa_sample.parquet`: a small evaluation set for the decontamination demo; 6 of its images are altered
+  copies of training images and 2 of its question+answer pairs are lifted from training text.
 - OBELICS: 4 shards of 50 documents in the Hub's schema (facts.md): interleaved texts and image URLs,
   per-image metadata, `general_metadata`, and in each shard two rows that break the layout rules.
 Same inputs, same seed: same bytes.
@@ -184,6 +186,51 @@ def write_optout_list(rng: random.Random, path: Path, image_urls: list[str]) -> 
     path.write_text("\n".join(lines) + "\n")
 
 
+def _jpeg(image: Image.Image, quality: int = 90) -> bytes:
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def write_eval_sample(folder: Path, training_images: list[bytes], training_texts: list[str]) -> None:
+    """A small VQA-style evaluation set (image, question, answer, id) for the decontamination demo: 6 items whose
+    images are altered copies of training images, 2 whose question and answer were lifted from training text,
+    and 20 that have nothing in common with the training sample."""
+    import skimage.data
+
+    rng = random.Random(SEED + 1)
+    alter = [("re-encoded at JPEG quality 35", lambda im: Image.open(io.BytesIO(_jpeg(im, 35)))),
+             ("resized to 60%", lambda im: im.resize((int(im.width * 0.6), int(im.height * 0.6)))),
+             ("cropped by 4% on each side", lambda im: im.crop((int(im.width * .04), int(im.height * .04),
+                                                                 int(im.width * .96), int(im.height * .96)))),
+             ("mirrored", lambda im: im.transpose(Image.Transpose.FLIP_LEFT_RIGHT)),
+             ("in grey", lambda im: im.convert("L")),
+             ("brightened by 20%", lambda im: im.point(lambda v: min(255, int(v * 1.2))))]
+    rows = []
+    for number, (how, change) in enumerate(alter):
+        source = Image.open(io.BytesIO(training_images[rng.randrange(len(training_images))]))
+        rows.append({"image": {"bytes": _jpeg(change(source)), "path": None}, "id": f"leak-image-{number}",
+                     "question": f"Which photograph is this ({how})?", "answer": "a training image"})
+    distinct = [np.asarray(getattr(skimage.data, n)()) for n in ("cell", "microaneurysms", "clock", "logo")]
+    left, right, _ = skimage.data.stereo_motorcycle()
+    for photo in (left, right):
+        h, w = photo.shape[:2]
+        distinct += [photo[i * h // 2:(i + 1) * h // 2, j * w // 2:(j + 1) * w // 2] for i in range(2) for j in range(2)]
+    distinct += [(face * 255).astype(np.uint8) for face in skimage.data.lfw_subset()[:8]]
+    for number, array in enumerate(distinct):
+        image = Image.fromarray(array).convert("RGB")
+        image = image.resize((max(image.width, 96), max(image.height, 96)))
+        rows.append({"image": {"bytes": _jpeg(image), "path": None}, "id": f"distinct-{number}",
+                     "question": "What is in the picture?", "answer": "something"})
+    for number, text in enumerate(rng.sample(training_texts, 2)):
+        words = text.split()[:12]
+        rows.append({"image": {"bytes": rows[-1 - number]["image"]["bytes"], "path": None},
+                     "id": f"leak-text-{number}", "question": " ".join(words[:9]) + "?",
+                     "answer": " ".join(words[9:12])})
+    folder.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows), folder / "vqa_sample.parquet")
+
+
 BREAKS = ["length_mismatch", "text_and_image_at_one_position", "empty_position", "no_image", "no_text",
           "bad_metadata_json", "bad_metadata_length", "no_image"]
 
@@ -206,6 +253,9 @@ def main() -> None:
         opted_docs += [json.loads(rows[k]["general_metadata"])["url"] for k in (11, 31)]
         table = pa.Table.from_pylist(rows, schema=OBELICS_SCHEMA)
         pq.write_table(table, OUT / "obelics" / f"train-{shard:05d}-of-{SHARDS:05d}.parquet")
+    training_texts = [t for p in sorted((OUT / "obelics").glob("*.parquet")) for r in pq.read_table(p).to_pylist()
+                      if isinstance(r["texts"], list) for t in r["texts"] if isinstance(t, str) and len(t.split()) > 12]
+    write_eval_sample(OUT / "eval", crops, training_texts)
     with open(OUT / "optout.txt", "a") as f:
         f.write("\n".join(opted_docs) + "\n")
     print(f"wrote {SHARDS} x {DOCS_PER_SHARD} documents, {len(crops)} images, "
