@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
+import tempfile
 import sys
 from pathlib import Path
 
@@ -14,11 +16,24 @@ from pipelines.demo import sample_path
 
 SAMPLE_OBELICS = sample_path("obelics")
 MODELS = sample_path("models")
-# every OBELICS step, offline: opt-outs from the shipped list, images from the shipped img2dataset download,
-# the shipped tiny models (the LAION-style CLIP detector for NSFW)
-OFFLINE_STEPS = ["--optout-list", sample_path("optout.txt"), "--images", sample_path("img2dataset"),
-                 "--ppl-model", f"{MODELS}/tiny-falcon", "--nsfw-clip-model", f"{MODELS}/tiny-clip",
-                 "--nsfw-head", f"{MODELS}/tiny-clip-nsfw-head.safetensors"]
+
+
+@functools.lru_cache(maxsize=1)
+def sample_decontam_index() -> str:
+    """The sample evaluation set's decontamination index, built once per test session."""
+    from filters.decontam.__main__ import main as decontam
+
+    index = os.path.join(tempfile.mkdtemp(prefix="decontam-index-"), "index")
+    assert decontam(["build", "--output", index, "--from", f"vqa_sample={sample_path('eval')}"]) == 0
+    return index
+
+
+def offline_steps() -> list[str]:
+    """Flags for every OBELICS step, offline: opt-outs from the shipped list, images from the shipped img2dataset
+    download, the shipped tiny models (the LAION-style CLIP detector for NSFW), the sample decontamination index."""
+    return ["--optout-list", sample_path("optout.txt"), "--images", sample_path("img2dataset"),
+            "--ppl-model", f"{MODELS}/tiny-falcon", "--nsfw-clip-model", f"{MODELS}/tiny-clip",
+            "--nsfw-head", f"{MODELS}/tiny-clip-nsfw-head.safetensors", "--decontam-index", sample_decontam_index()]
 REPO = Path(__file__).resolve().parent.parent
 
 

@@ -13,13 +13,13 @@ import subprocess
 
 import pytest
 
-from tests.conftest import OFFLINE_STEPS, SAMPLE_OBELICS, run_command, skip_or_fail
+from tests.conftest import SAMPLE_OBELICS, offline_steps, run_command, skip_or_fail
 
 
 @pytest.fixture(scope="module")
 def local_output(tmp_path_factory):
     output = tmp_path_factory.mktemp("local")
-    result = run_command("pipelines.obelics", *OFFLINE_STEPS, "--input", SAMPLE_OBELICS, "--output", str(output))
+    result = run_command("pipelines.obelics", *offline_steps(), "--input", SAMPLE_OBELICS, "--output", str(output))
     assert result.returncode == 0, result.stderr[-2000:]
     return output
 
@@ -44,13 +44,13 @@ def slurm_node_idle() -> bool:
 def test_slurm_executor_matches_local(local_output, tmp_path):
     if not slurm_node_idle():
         skip_or_fail("no Slurm cluster with an idle node (`.ci/slurm-up.sh` starts one)")
-    result = run_command("pipelines.obelics", *OFFLINE_STEPS, "--input", SAMPLE_OBELICS, "--output", str(tmp_path),
+    result = run_command("pipelines.obelics", *offline_steps(), "--input", SAMPLE_OBELICS, "--output", str(tmp_path),
                          "--executor", "slurm", "--slurm-time", "00:10:00", "--slurm-mem-per-cpu-gb", "1",
                          timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "logs" / "launch_script.slurm").exists()
     assert_same_outputs(local_output, tmp_path)
-    again = run_command("pipelines.obelics", *OFFLINE_STEPS, "--input", SAMPLE_OBELICS, "--output", str(tmp_path),
+    again = run_command("pipelines.obelics", *offline_steps(), "--input", SAMPLE_OBELICS, "--output", str(tmp_path),
                         "--executor", "slurm")
     assert again.returncode == 0 and "nothing to run" in again.stderr
 
@@ -61,7 +61,7 @@ def test_ray_executor_matches_local(local_output, tmp_path):
         skip_or_fail("ray is not installed (pip install -e '.[ray]')")
     address = os.environ.get("IDEFICS2_TEST_RAY_ADDRESS")  # .ci/run starts a cluster and sets "auto"
     extra = ["--ray-address", address] if address else []
-    result = run_command("pipelines.obelics", *OFFLINE_STEPS, "--input", SAMPLE_OBELICS, "--output", str(tmp_path),
+    result = run_command("pipelines.obelics", *offline_steps(), "--input", SAMPLE_OBELICS, "--output", str(tmp_path),
                          "--executor", "ray", *extra, timeout=300, env={"RAY_AUTH_MODE": "disabled"})
     assert result.returncode == 0, result.stderr[-3000:]
     assert_same_outputs(local_output, tmp_path)

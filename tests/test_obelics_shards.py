@@ -14,12 +14,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import OFFLINE_STEPS, REPO, SAMPLE_OBELICS, output_tables, run_command
+from tests.conftest import REPO, SAMPLE_OBELICS, offline_steps, output_tables, run_command
 
 
 def obelics(*args: str) -> subprocess.CompletedProcess:
     """All steps, offline, unless `args` choose otherwise."""
-    steps = [] if "--steps" in args else OFFLINE_STEPS
+    steps = [] if "--steps" in args else offline_steps()
     return run_command("pipelines.obelics", *steps, *args)
 
 
