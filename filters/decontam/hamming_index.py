@@ -38,13 +38,14 @@ class HammingIndex:
         self.radius = radius
         self.bounds = _chunk_bounds(len(self.hashes))
         self.flips = radius // len(self.bounds)
-        self.tables = []  # per chunk: (bucket starts, entry ids sorted by chunk value, neighbour masks)
+        self.tables = []  # per chunk: (bucket occupied, bucket starts, entry ids by chunk value, neighbour masks)
         for low, high in self.bounds:
             keys = self._chunk(self.hashes, low, high)
             order = np.argsort(keys, kind="stable").astype(np.int64)
             counts = np.bincount(keys.astype(np.int64), minlength=1 << (high - low))
             starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32 if len(keys) < 2**31 else np.int64)
-            self.tables.append((starts, order, _neighbour_masks(high - low, self.flips)))
+            occupied = counts > 0  # a byte a bucket: small enough to stay in cache, so empty probes cost little
+            self.tables.append((occupied, starts, order, _neighbour_masks(high - low, self.flips)))
 
     @staticmethod
     def _chunk(values: np.ndarray, low: int, high: int) -> np.ndarray:
@@ -60,15 +61,15 @@ class HammingIndex:
 
     def _search_batch(self, queries: np.ndarray) -> list[list[tuple[int, int]]]:
         pairs = []
-        for (low, high), (starts, order, masks) in zip(self.bounds, self.tables):
-            probes = (self._chunk(queries, low, high)[:, None] ^ masks[None, :]).astype(np.intp)
-            begin, end = starts[probes], starts[probes + 1]
-            counts = (end - begin).ravel()
-            hit = counts > 0
-            if not hit.any():
+        for (low, high), (occupied, starts, order, masks) in zip(self.bounds, self.tables):
+            probes = (self._chunk(queries, low, high)[:, None] ^ masks[None, :]).astype(np.intp).ravel()
+            hit = np.flatnonzero(occupied[probes])
+            if not len(hit):
                 continue
-            counts, begin = counts[hit], begin.ravel()[hit]
-            query_of = np.repeat(np.repeat(np.arange(len(queries)), probes.shape[1])[hit], counts)
+            buckets = probes[hit]
+            begin = starts[buckets]
+            counts = starts[buckets + 1] - begin
+            query_of = np.repeat(hit // len(masks), counts)
             offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
             pairs.append((query_of, order[np.repeat(begin, counts) + offsets]))
         found: list[list[tuple[int, int]]] = [[] for _ in range(len(queries))]
