@@ -27,7 +27,7 @@ def _neighbour_masks(bits: int, flips: int) -> np.ndarray:
     masks = [0]
     for k in range(1, flips + 1):
         masks += [sum(1 << b for b in combo) for combo in itertools.combinations(range(bits), k)]
-    return np.array(masks, dtype=np.uint64)
+    return np.array(masks, dtype=np.intp)
 
 
 class HammingIndex:
@@ -38,14 +38,22 @@ class HammingIndex:
         self.radius = radius
         self.bounds = _chunk_bounds(len(self.hashes))
         self.flips = radius // len(self.bounds)
-        self.tables = []  # per chunk: (bucket occupied, bucket starts, entry ids by chunk value, neighbour masks)
+        self.tables = []  # per chunk: bucket sizes, bucket starts, entry ids and hashes in bucket order, masks
         for low, high in self.bounds:
             keys = self._chunk(self.hashes, low, high)
             order = np.argsort(keys, kind="stable").astype(np.int64)
             counts = np.bincount(keys.astype(np.int64), minlength=1 << (high - low))
             starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32 if len(keys) < 2**31 else np.int64)
-            occupied = counts > 0  # a byte a bucket: small enough to stay in cache, so empty probes cost little
-            self.tables.append((occupied, starts, order, _neighbour_masks(high - low, self.flips)))
+            # a byte a bucket (255: "255 or more, ask `starts`"): small enough to stay in cache, so the many empty
+            # probes cost little and most occupied ones (a single entry) need no further lookup
+            sizes = np.minimum(counts, 255).astype(np.uint8)
+            # the hashes in bucket order, and each bucket's first hash addressed by the bucket itself: most
+            # buckets hold one entry, so most candidates are checked with a single read
+            bucket_hashes = self.hashes[order]
+            first = np.zeros(len(counts), dtype=np.uint64)
+            first[counts > 0] = bucket_hashes[starts[:-1][counts > 0]]
+            self.tables.append((sizes, starts, order, bucket_hashes, first,
+                                _neighbour_masks(high - low, self.flips)))
 
     @staticmethod
     def _chunk(values: np.ndarray, low: int, high: int) -> np.ndarray:
@@ -60,30 +68,30 @@ class HammingIndex:
         return results
 
     def _search_batch(self, queries: np.ndarray) -> list[list[tuple[int, int]]]:
-        pairs = []
-        for (low, high), (occupied, starts, order, masks) in zip(self.bounds, self.tables):
-            probes = (self._chunk(queries, low, high)[:, None] ^ masks[None, :]).astype(np.intp).ravel()
-            hit = np.flatnonzero(occupied[probes])
-            if not len(hit):
-                continue
-            buckets = probes[hit]
-            begin = starts[buckets]
-            counts = starts[buckets + 1] - begin
-            query_of = np.repeat(hit // len(masks), counts)
-            offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
-            pairs.append((query_of, order[np.repeat(begin, counts) + offsets]))
+        hits: set[tuple[int, int, int]] = set()  # (query, entry, distance); a set: two tables may find one entry
+        for (low, high), (sizes, starts, order, bucket_hashes, first, masks) in zip(self.bounds, self.tables):
+            probes = (self._chunk(queries, low, high).astype(np.intp)[:, None] ^ masks[None, :]).ravel()
+            counts = sizes[probes]
+            hit = np.flatnonzero(counts != 0)
+            buckets, counts, query_of = probes[hit], counts[hit], hit // len(masks)
+            distance = np.bitwise_count(first[buckets] ^ queries[query_of])
+            keep = distance <= self.radius
+            hits.update(zip(query_of[keep].tolist(), order[starts[buckets[keep]]].tolist(), distance[keep].tolist()))
+            more = np.flatnonzero(counts > 1)  # the rest of the buckets that hold several, one position at a time
+            buckets, counts, query_of = buckets[more], counts[more].astype(np.intp) - 1, query_of[more]
+            begin = starts[buckets] + 1
+            full = counts == 254
+            counts[full] = starts[buckets[full] + 1] - begin[full]
+            while len(begin):
+                distance = np.bitwise_count(bucket_hashes[begin] ^ queries[query_of])
+                keep = distance <= self.radius
+                hits.update(zip(query_of[keep].tolist(), order[begin[keep]].tolist(), distance[keep].tolist()))
+                more = counts > 1
+                begin, counts, query_of = begin[more] + 1, counts[more] - 1, query_of[more]
         found: list[list[tuple[int, int]]] = [[] for _ in range(len(queries))]
-        if not pairs:
-            return found
-        query_of = np.concatenate([p[0] for p in pairs])
-        entry = np.concatenate([p[1] for p in pairs])
-        distance = np.bitwise_count(queries[query_of] ^ self.hashes[entry])
-        keep = distance <= self.radius  # check first, then drop the duplicates (one per table that found it)
-        hits = set(zip(query_of[keep].tolist(), entry[keep].tolist(), distance[keep].tolist()))
         for q, e, d in sorted(hits, key=lambda t: (t[0], t[2], t[1])):
             found[q].append((e, d))
         return found
-
 
 def brute_force_search(hashes: np.ndarray, queries: np.ndarray, radius: int) -> list[list[tuple[int, int]]]:
     """The reference: every query against every entry."""
