@@ -235,27 +235,26 @@ def run(spec: PipelineSpec, args: argparse.Namespace) -> int:
     shards = parse_shard_range(args.shards, len(files), f"--input {args.input}")
     output = get_datafolder(args.output)
     logging_dir = get_datafolder(args.logging_dir or os.path.join(args.output, "logs"))
+    options = {k: getattr(args, k) for k in (*spec.run_options, "calibration_shards")}
     run_settings = {"pipeline": spec.name, "input": args.input, "steps": steps, "limit": args.limit,
-                    "options": {k: getattr(args, k) for k in spec.run_options}, "files": files}
+                    "options": options, "files": files}
     check_run_file(output, run_settings)
 
-    done = set(summaries.read_shard_records(logging_dir, list(shards)))
+    done = summaries.read_shard_records(logging_dir, list(shards))
     pending = [s for s in shards if shard_name(s) not in done]
     title = f"{spec.name}: shards {shards.start}-{shards.stop - 1} of {len(files)} into {args.output}"
     if not pending:
         print(f"{title}: all {len(shards)} shards already done, nothing to run", file=sys.stderr)
-        report = summaries.update_summary(output, summaries.read_shard_records(logging_dir, list(shards)))
-        print(summaries.format_report("output so far", report["total"]))
+        print(summaries.format_report("output so far", summaries.update_summary(output, done)["total"]))
         return 0
     print(f"{title}: {len(pending)} to run, {len(done)} already done; steps {','.join(steps) or '(none)'}",
           file=sys.stderr)
     check_inputs(get_datafolder(input_path), [files[s] for s in pending], spec.row_format)
+    start = time.perf_counter()
     calibrate(spec, args, input_path, files, steps, logging_dir, output)
     pipeline = build_pipeline(spec, args, input_path, files, steps)
     with output.open(RUN_FILE, "w") as f:
         json.dump(run_settings, f, indent=1)
-
-    start = time.perf_counter()
     run_executor(pipeline, len(files), shards, logging_dir.path, executor_options(args))
     seconds = time.perf_counter() - start
 
@@ -281,7 +280,9 @@ def _report_problems(logging_dir: DataFolder, pending: list[int], records: dict[
     failed = [s for s in pending if shard_name(s) not in records]
     for shard in failed:
         error_file = f"errors/{shard_name(shard)}.txt"
-        reason = logging_dir.open(error_file, "r").read().strip() if logging_dir.isfile(error_file) else "did not finish"
+        reason = "did not finish"
+        if logging_dir.isfile(error_file):
+            reason = logging_dir.open(error_file, "r").read().strip()
         print(f"error: shard {shard_name(shard)} failed: {reason} "
               f"(log: {logging_dir.resolve_paths(f'logs/task_{shard_name(shard)}.log')})", file=sys.stderr)
     if failed:

@@ -37,7 +37,8 @@ def write_report(output: DataFolder) -> str | None:
     lines += [f"| {b} | " + " | ".join(str(hits[b, t]) for t in tiers) + f" | {len(items[b])} |" for b in benchmarks]
     lines += ["", "Examples:", ""]
     lines += [f"- {e['benchmark']}/{e['split']}/{e['item']} ({e['tier']}, distance {e['distance']}): document "
-              f"{e['doc']}" + (f", image {e['url']}" if e["url"] else ", text") for b in benchmarks for e in examples[b]]
+              f"{e['doc']}" + (f", image {e['url']}" if e["url"] else ", text")
+              for b in benchmarks for e in examples[b]]
     with output.open("decontam_report.md", "w") as f:
         f.write("# Decontamination report\n\n" + "\n".join(lines) + "\n")
     return (f"decontam: {report['total_matches']} match(es) with {len(benchmarks)} benchmark(s); report in "

@@ -20,7 +20,8 @@ RUN_OPTIONS = ("ppl_model", "ppl_window", "ppl_drop_top", "ppl_max", "nsfw_backe
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     ppl = parser.add_argument_group("perplexity (step perplexity)")
-    ppl.add_argument("--ppl-model", default=PerplexityConfig.model, help="causal LM, Hub id or path (default: %(default)s)")
+    ppl.add_argument("--ppl-model", default=PerplexityConfig.model,
+                     help="causal LM, Hub id or path (default: %(default)s)")
     ppl.add_argument("--ppl-window", type=int, default=PerplexityConfig.window, help="tokens scored per document")
     ppl.add_argument("--ppl-batch-tokens", type=int, default=None,
                      help="padded tokens per forward pass (default: 2048 on CPU, 32768 on GPU)")

@@ -215,7 +215,8 @@ def write_eval_sample(folder: Path, training_images: list[bytes], training_texts
     left, right, _ = skimage.data.stereo_motorcycle()
     for photo in (left, right):
         h, w = photo.shape[:2]
-        distinct += [photo[i * h // 2:(i + 1) * h // 2, j * w // 2:(j + 1) * w // 2] for i in range(2) for j in range(2)]
+        distinct += [photo[i * h // 2:(i + 1) * h // 2, j * w // 2:(j + 1) * w // 2]
+                     for i in range(2) for j in range(2)]
     distinct += [(face * 255).astype(np.uint8) for face in skimage.data.lfw_subset()[:8]]
     for number, array in enumerate(distinct):
         image = Image.fromarray(array).convert("RGB")

@@ -4,7 +4,6 @@ the Hamming index equals a brute-force scan, and the CLI and the step do what th
 from __future__ import annotations
 
 import io
-import itertools
 import json
 import random
 
@@ -93,7 +92,8 @@ def test_text_windows_catch_verbatim_question_and_answer(tmp_path):
     meta = build_index(str(tmp_path / "i"), [("textqa", "test", iter(items))])
     assert meta["benchmarks"]["textqa"]["texts_too_short"] == 1
     index = DecontaminationIndex(str(tmp_path / "i"))
-    copied = "Quiz night!\n WHAT is the name of the river that flows   through the old town of heidelberg -- the NECKAR."
+    copied = ("Quiz night!\n WHAT is the name of the river that flows   through the old town of heidelberg -- "
+              "the NECKAR.")
     assert [(m.item, m.tier) for m in index.match_text(copied)] == [("7", "text")]
     common = ("The river flows through the old town, and the name of the town is known to every visitor; "
               "what is the color of the river? It is red.")
