@@ -14,9 +14,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from datatrove.data import DocumentsPipeline
 from datatrove.io import get_datafolder
-from datatrove.pipeline.filters.base_filter import BaseFilter
 from datatrove.pipeline.writers.disk_base import DiskWriter
 
+from filters.batched import BatchedFilter
 from filters.shard_files import shard_name
 
 SCHEMA = pa.schema([("key", pa.string()), ("value", pa.float64())])
@@ -55,7 +55,7 @@ class ShardScoreCache:
                     yield pq.read_table(f, columns=["value"]).column("value").to_numpy()
 
 
-class ScoringFilter(BaseFilter):
+class ScoringFilter(BatchedFilter):
     """A filter that keeps `self._scores` (key -> score) for its shard, loaded from and saved to `cache`."""
 
     def __init__(self, cache: ShardScoreCache | None, batch_size: int, exclusion_writer: DiskWriter | None):

@@ -7,13 +7,13 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
 from datatrove.data import Document
-from datatrove.pipeline.filters.base_filter import BaseFilter
 from datatrove.pipeline.writers.disk_base import DiskWriter
 
+from filters.batched import BatchedFilter
 from filters.image_decode import DEFAULT_MAX_PIXELS, decode_image
 from filters.image_fetch import FetchConfig, FetchResult, ImageFetcher
 from filters.img2dataset_index import Img2DatasetIndex
-from filters.layout import remove_images
+from filters.layout import remove_images_or_document
 
 IMAGE_STATUS_PREFIX = "image_status/"  # stats: image_status/ok, image_status/timeout, ...
 
@@ -52,7 +52,7 @@ class Img2DatasetSource:
         return FetchResult(url=url, status=image.status, image=image, error=image.error)
 
 
-class ImageAcquisitionFilter(BaseFilter):
+class ImageAcquisitionFilter(BatchedFilter):
     """Fetch every image of a batch of documents concurrently; keep those that arrive and decode.
 
     Rules (the OBELICS ones): an image that fails is removed from the document's media and layout, its
@@ -89,8 +89,4 @@ class ImageAcquisitionFilter(BaseFilter):
                                   format=image.format)
         for status, count in statuses.items():
             self.stat_update(f"{IMAGE_STATUS_PREFIX}{status}", value=count)
-        remove_images(doc, failed)
-        return True if doc.media else (False, "no_image_left")
-
-    def filter(self, doc: Document) -> bool | tuple[bool, str]:
-        return self.filter_batch([doc])[0]
+        return remove_images_or_document(doc, failed, "no_image_left")

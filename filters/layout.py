@@ -56,6 +56,12 @@ def merge_consecutive_texts(texts: list[str | None]) -> list[str | None]:
     return merged
 
 
+def remove_images_or_document(doc: Document, indices: Iterable[int], reason: str) -> bool | tuple[bool, str]:
+    """Remove the images; the document stays (True) only if it still has one, else (False, reason)."""
+    remove_images(doc, indices)
+    return True if doc.media else (False, reason)
+
+
 def remove_images(doc: Document, indices: Iterable[int]) -> None:
     """Remove `doc.media[i]` for each i, and its slot in the layout; texts left adjacent are merged."""
     drop = set(indices)

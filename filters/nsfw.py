@@ -21,7 +21,7 @@ from datatrove.data import Document, Media
 from datatrove.pipeline.writers.disk_base import DiskWriter
 
 from filters.annotation_cache import ScoringFilter, ShardScoreCache
-from filters.layout import remove_images
+from filters.layout import remove_images_or_document
 
 NSFW_KEY = "nsfw_scores"  # metadata: one score per image, in media order
 LAION_SAFETY_LABELS = ("porn", "hentai", "sexy", "nsfw")  # facts.md: drawings, hentai, neutral, porn, sexy
@@ -207,9 +207,5 @@ class NsfwFilter(ScoringFilter):
             return True
         if flagged and self.policy == "document":
             return False, "nsfw_image"
-        remove_images(doc, flagged + unreadable)
         doc.metadata[NSFW_KEY] = [s for i, s in enumerate(scores) if i not in set(flagged + unreadable)]
-        return True if doc.media else (False, "no_image_left")
-
-    def filter(self, doc: Document) -> bool | tuple[bool, str]:
-        return self.filter_batch([doc])[0]
+        return remove_images_or_document(doc, flagged + unreadable, "no_image_left")

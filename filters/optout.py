@@ -19,10 +19,10 @@ from urllib.parse import urlsplit
 
 import requests
 from datatrove.data import Document
-from datatrove.pipeline.filters.base_filter import BaseFilter
 from datatrove.pipeline.writers.disk_base import DiskWriter
 
-from filters.layout import remove_images
+from filters.batched import BatchedFilter
+from filters.layout import remove_images_or_document
 
 SPAWNING_URL = "https://opts-api.spawningaiapi.com/api/v2/query/urls"
 TOKEN_VARIABLES = ("SPAWNING_TOKEN", "SPAWNING_OPTS_KEY")  # ours, and Spawning's own client's (datadiligence)
@@ -179,7 +179,7 @@ class SpawningOptOutChecker:
         return {u for u, opted in known.items() if opted}
 
 
-class SpawningOptOutFilter(BaseFilter):
+class SpawningOptOutFilter(BatchedFilter):
     """Remove opted-out content, the Idefics2-era policy (facts.md).
 
     Rules: a document whose own URL (`metadata["url"]`) is opted out is removed whole
@@ -207,15 +207,8 @@ class SpawningOptOutFilter(BaseFilter):
             return False, "document_opted_out"
         removed = [i for i, media in enumerate(doc.media) if media.url in opted]
         doc.metadata["optout"] = {"document": False, "images": len(removed)}
-        if removed:
-            self.stat_update("images_opted_out", value=len(removed))
-            remove_images(doc, removed)
-            if not doc.media:
-                return False, "all_images_opted_out"
-        return True
-
-    def filter(self, doc: Document) -> bool | tuple[bool, str]:
-        return self.filter_batch([doc])[0]
+        self.stat_update("images_opted_out", value=len(removed))
+        return remove_images_or_document(doc, removed, "all_images_opted_out")
 
 
 def _urls(doc: Document) -> Iterable[str]:

@@ -148,6 +148,3 @@ class PerplexityFilter(ScoringFilter):
         if self.max_perplexity is not None and perplexity > self.max_perplexity:
             return False, "above_max_perplexity"
         return True
-
-    def filter(self, doc: Document) -> bool | tuple[bool, str]:
-        return self.filter_batch([doc])[0]

@@ -6,18 +6,18 @@ import json
 
 from datatrove.data import Document, DocumentsPipeline
 from datatrove.io import get_datafolder
-from datatrove.pipeline.filters.base_filter import BaseFilter
 from datatrove.pipeline.writers.disk_base import DiskWriter
 
 from filters.decontam.index import DecontaminationIndex, Match
-from filters.layout import remove_images
+from filters.batched import BatchedFilter
+from filters.layout import remove_images_or_document
 from filters.shard_files import shard_name
 
 EVAL_MATCH_KEY = "eval_match"
 POLICIES = ("image", "document")
 
 
-class DecontaminationFilter(BaseFilter):
+class DecontaminationFilter(BatchedFilter):
     """Match every image (exact pixels, then perceptual hash) and the text (question+answer windows) against a
     `DecontaminationIndex`.
 
@@ -74,12 +74,5 @@ class DecontaminationFilter(BaseFilter):
             return False, "eval_text"
         if image_matches and self.policy == "document":
             return False, "eval_image"
-        if image_matches:
-            self.stat_update("images_removed", value=len(image_matches))
-            remove_images(doc, image_matches)
-            if not doc.media:
-                return False, "eval_images"
-        return True
-
-    def filter(self, doc: Document) -> bool | tuple[bool, str]:
-        return self.filter_batch([doc])[0]
+        self.stat_update("images_removed", value=len(image_matches))
+        return remove_images_or_document(doc, image_matches, "eval_images")
