@@ -250,6 +250,9 @@ def run(spec: PipelineSpec, args: argparse.Namespace) -> int:
     print(f"{title}: {len(pending)} to run, {len(done)} already done; steps {','.join(steps) or '(none)'}",
           file=sys.stderr)
     check_inputs(get_datafolder(input_path), [files[s] for s in pending], spec.row_format)
+    args.annotate_only = {c.step for c in spec.calibrations}  # build every step once: its flags are checked
+    build_pipeline(spec, args, input_path, files, steps)  # before any work, even a calibration pass
+    args.annotate_only = set()
     start = time.perf_counter()
     calibrate(spec, args, input_path, files, steps, logging_dir, output)
     pipeline = build_pipeline(spec, args, input_path, files, steps)

@@ -149,3 +149,13 @@ def test_resuming_with_other_flags_is_refused(tmp_path):
     assert obelics("--input", SAMPLE_OBELICS, "--output", str(tmp_path), "--shards", "0-0").returncode == 0
     line = one_error_line(obelics("--input", SAMPLE_OBELICS, "--output", str(tmp_path), "--limit", "5"))
     assert "limit" in line
+
+
+def test_a_step_missing_its_flag_stops_before_any_work(tmp_path):
+    flags = [f for f in offline_steps()]
+    cut = flags.index("--decontam-index")
+    del flags[cut:cut + 2]
+    result = run_command("pipelines.obelics", *flags, "--input", SAMPLE_OBELICS, "--output", str(tmp_path / "o"))
+    line = one_error_line(result)
+    assert "--decontam-index" in line and "calibration:" not in result.stderr
+    assert not (tmp_path / "o" / "scores").exists()
