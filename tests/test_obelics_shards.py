@@ -152,7 +152,7 @@ def test_resuming_with_other_flags_is_refused(tmp_path):
 
 
 def test_a_step_missing_its_flag_stops_before_any_work(tmp_path):
-    flags = [f for f in offline_steps()]
+    flags = offline_steps()
     cut = flags.index("--decontam-index")
     del flags[cut:cut + 2]
     result = run_command("pipelines.obelics", *flags, "--input", SAMPLE_OBELICS, "--output", str(tmp_path / "o"))
