@@ -1,11 +1,12 @@
 """Fetch one image over HTTP(S), politely and safely: the network half of image acquisition.
 
 Rules, in the order they apply to each hop (a redirect is a new hop, checked again):
-  - only http and https (`bad_scheme`);
-  - the host must resolve to public addresses only: loopback, private, link-local, multicast, reserved and
-    unspecified are refused (`private_address`) unless allowed by `allow_private_hosts`;
+  - only well-formed (`bad_url`) http and https (`bad_scheme`) URLs;
+  - the host must resolve to globally routable addresses only: loopback, private, shared, link-local,
+    multicast, reserved and unspecified are refused (`private_address`) unless `allow_private_hosts` allows
+    them (the name is resolved again by the HTTP client when it connects: DNS rebinding is not closed);
   - at most `per_host` requests in flight to one host, connect and read timeouts, a total deadline
-    (`timeout`), bounded retries with exponential backoff on timeouts, connection errors, 429 and 5xx;
+    (`timeout`, enforced while the body streams too), bounded retries with exponential backoff on timeouts, connection errors, 429 and 5xx;
   - `X-Robots-Tag` directives `noai`, `noimageai`, `noindex`, `noimageindex` (img2dataset's defaults) and
     `tdm-reservation: 1` refuse the image (`blocked_by_header`);
   - a body over `max_bytes` is refused as soon as that is known, from Content-Length or while streaming,
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urljoin, urlsplit
 
 import requests
+import urllib3
 
 from filters.image_decode import DEFAULT_MAX_PIXELS, DecodedImage, decode_image
 
@@ -72,11 +74,12 @@ class _Retryable(_Refused):
 
 
 def _blocked_address(address: str) -> bool:
+    """Anything not globally routable: loopback, private, link-local, shared (100.64/10, where some clouds keep
+    their metadata service), reserved, unspecified, and multicast."""
     ip = ipaddress.ip_address(address.split("%")[0])
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
         ip = ip.ipv4_mapped
-    return ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_multicast or ip.is_reserved \
-        or ip.is_unspecified
+    return not ip.is_global or ip.is_multicast
 
 
 class ImageFetcher:
@@ -100,10 +103,14 @@ class ImageFetcher:
             return self._host_slots[host]
 
     def _check_host(self, url: str) -> tuple[str, int]:
-        parts = urlsplit(url)
+        try:
+            parts = urlsplit(url)
+            explicit_port = parts.port
+        except ValueError as error:  # "http://a.com:99999/", "http://[::1/": a malformed URL, not a crash
+            raise _Refused("bad_url", f"{url[:100]}: {error}") from None
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise _Refused("bad_scheme", url[:100])
-        port = parts.port or (443 if parts.scheme == "https" else 80)
+        port = explicit_port or (443 if parts.scheme == "https" else 80)
         allowed = self.config.allow_private_hosts
         if allowed is True or (allowed and (parts.hostname in allowed or f"{parts.hostname}:{port}" in allowed)):
             return parts.hostname, port
@@ -129,8 +136,10 @@ class ImageFetcher:
         length = response.headers.get("Content-Length")
         if length and length.isdigit() and int(length) > self.config.max_bytes:
             raise _Refused("too_large", f"Content-Length {length} > {self.config.max_bytes}")
+        # read1 returns what one read of the socket gives, so the deadline is checked even when a server drips
+        # a byte at a time (which never trips the read timeout)
         chunks, size = [], 0
-        for chunk in response.iter_content(64 * 1024):
+        while chunk := response.raw.read1(64 * 1024, decode_content=True):
             size += len(chunk)
             if size > self.config.max_bytes:
                 raise _Refused("too_large", f"body over {self.config.max_bytes} bytes")
@@ -147,7 +156,10 @@ class ImageFetcher:
                 timeout = (self.config.connect_timeout, self.config.read_timeout)
                 with self._session().get(url, stream=True, timeout=timeout, allow_redirects=False) as response:
                     if response.is_redirect and "Location" in response.headers:
-                        url = urljoin(url, response.headers["Location"])
+                        try:
+                            url = urljoin(url, response.headers["Location"])
+                        except ValueError:
+                            raise _Refused("bad_url", f"redirect to {response.headers['Location'][:100]}") from None
                         continue
                     if response.status_code >= 400:
                         kind = _Retryable if response.status_code in RETRYABLE_HTTP else _Refused
@@ -169,9 +181,9 @@ class ImageFetcher:
             except _Refused as error:
                 result.status, result.error = error.status, error.error
                 return result
-            except requests.Timeout as error:
+            except (requests.Timeout, urllib3.exceptions.TimeoutError) as error:
                 result.status, result.error = "timeout", type(error).__name__
-            except requests.RequestException as error:
+            except (requests.RequestException, urllib3.exceptions.HTTPError) as error:  # body reads are urllib3's
                 result.status, result.error = "connection_error", type(error).__name__
             else:
                 result.final_url = final_url

@@ -57,7 +57,11 @@ def merge_consecutive_texts(texts: list[str | None]) -> list[str | None]:
 
 
 def remove_images_or_document(doc: Document, indices: Iterable[int], reason: str) -> bool | tuple[bool, str]:
-    """Remove the images; the document stays (True) only if it still has one, else (False, reason)."""
+    """Remove the images; the document stays (True) only if it still has one, else (False, reason). Removing
+    nothing keeps the document as it is."""
+    indices = list(indices)
+    if not indices:
+        return True
     remove_images(doc, indices)
     return True if doc.media else (False, reason)
 

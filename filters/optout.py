@@ -48,14 +48,19 @@ class OptOutList:
         self.urls, self.domains = set(), set()
         with open(path, encoding="utf-8") as f:
             for line in f:
-                entry = line.split("#", 1)[0].strip()
+                entry = line.split(" #", 1)[0].strip()  # "#" starts a comment at a line's start or after a space
+                if entry.startswith("#") or not entry:
+                    continue
                 if "://" in entry:
                     self.urls.add(entry)
-                elif entry:
+                else:
                     self.domains.add(entry.lower().strip("."))
 
     def _domain_listed(self, url: str) -> bool:
-        host = (urlsplit(url).hostname or "").lower()
+        try:
+            host = (urlsplit(url).hostname or "").lower().rstrip(".")
+        except ValueError:  # a malformed URL has no host to match; it is never fetched either
+            return False
         parts = host.split(".")
         return any(".".join(parts[i:]) in self.domains for i in range(len(parts)))
 

@@ -58,6 +58,8 @@ def top_fraction_cut(step: str, shards: Iterable[np.ndarray], fraction: float, l
         values = np.log10(np.clip(values, 10 ** edges[0], 10 ** edges[-1])) if log_scale else values
         counts += np.histogram(np.clip(values, edges[0], edges[-1]), edges)[0]
     total = int(counts.sum())
+    if total == 0:
+        raise ValueError(f"{step}: no scores to calibrate on (every document too short to score, or no documents)")
     above = np.concatenate([np.cumsum(counts[::-1])[::-1], [0]])  # above[i]: scores in bins i..end
     target = fraction * total
     i = int(np.argmin(np.abs(above - target)))  # cut at edge i: removes above[i]

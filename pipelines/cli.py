@@ -215,8 +215,11 @@ def calibrate(spec: PipelineSpec, args: argparse.Namespace, input_path: str, fil
                                f"(see {calibration_logs.resolve_paths('errors')}); run the command again")
     cuts = []
     for calibration in active:
-        cut = top_fraction_cut(calibration.step, calibration.scores(args).values(list(shards)),
-                               calibration.fraction(args), calibration.log_scale)
+        try:
+            cut = top_fraction_cut(calibration.step, calibration.scores(args).values(list(shards)),
+                                   calibration.fraction(args), calibration.log_scale)
+        except ValueError as error:
+            raise CalibrationError(f"calibration: {error}; check --calibration-shards") from None
         args.calibrated[calibration.step] = cut.threshold
         plot_cut(cut, f"{cut.step}_histogram.png", output, calibration.log_scale)
         print(f"calibration: {cut.step} threshold {cut.threshold:.6g} (top {100 * cut.fraction:g}% of "

@@ -119,11 +119,12 @@ class _ParquetShardFile:
 
 
 def _extension(data: bytes) -> str:
-    if data.startswith(b"\x89PNG"):
-        return "png"
-    if data[8:12] == b"WEBP":
-        return "webp"
-    return "jpg"
+    """The file extension of encoded image bytes, from their magic number."""
+    for magic, extension in ((b"\x89PNG", "png"), (b"GIF8", "gif"), (b"BM", "bmp"), (b"II*\x00", "tif"),
+                             (b"MM\x00*", "tif")):
+        if data.startswith(magic):
+            return extension
+    return "webp" if data[8:12] == b"WEBP" else "jpg"
 
 
 class _ImageShardTar:

@@ -36,6 +36,7 @@ class _Server:
     def __enter__(self):
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self.handler)
         self.httpd.daemon_threads = True
+        self.httpd.handle_error = lambda request, address: None  # clients hanging up early is what we test
         self.httpd.owner = self
         self.port = self.httpd.server_address[1]
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
@@ -97,6 +98,26 @@ class _ImageHandler(BaseHTTPRequestHandler):
             self._send(png_claiming(30000, 30000), content_type="image/png")
         elif path == "/not-an-image.jpg":
             self._send(b"<html><body>Not here</body></html>", content_type="text/html")
+        elif path == "/short-body.jpg":  # announces more than it sends, then hangs up
+            self.send_response(200)
+            self.send_header("Content-Type", "image/jpeg")
+            self.send_header("Content-Length", str(len(image) * 2))
+            self.end_headers()
+            self.wfile.write(image)
+            self.close_connection = True
+        elif path == "/drip.jpg":  # a byte every 0.2 s: never trips a read timeout
+            self.send_response(200)
+            self.send_header("Content-Type", "image/jpeg")
+            self.send_header("Content-Length", "100000")
+            self.end_headers()
+            try:
+                for _ in range(50):
+                    self.wfile.write(b"\xff")
+                    self.wfile.flush()
+                    time.sleep(0.2)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            self.close_connection = True
         elif path == "/stall.jpg":
             time.sleep(host.stall_seconds)
             self._send(image)

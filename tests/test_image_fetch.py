@@ -44,11 +44,27 @@ def test_status_of_each_case(host, fetcher, path, status):
         assert result.image.data == host.image and (result.image.original_width, result.image.format) == (64, "jpeg")
 
 
+def test_slow_drip_hits_the_total_deadline(host):
+    fetcher = ImageFetcher(FetchConfig(read_timeout=1, timeout=1.5, retries=0,
+                                       allow_private_hosts=(f"127.0.0.1:{host.port}",)))
+    start = time.monotonic()
+    result = fetcher.fetch(host.url("/drip.jpg"))
+    assert result.status == "timeout" and time.monotonic() - start < 3
+
+
+def test_malformed_urls_are_a_status_not_a_crash():
+    fetcher = ImageFetcher(FetchConfig())
+    for url in ("http://a.example:99999/x.jpg", "http://a.example:abc/x.jpg", "http://[::1/x.jpg"):
+        assert fetcher.fetch(url).status == "bad_url", url
+
+
 def test_private_hosts_refused_unless_allowed(host):
     assert ImageFetcher(FetchConfig()).fetch(host.url("/ok.jpg")).status == "private_address"
     assert ImageFetcher(FetchConfig(allow_private_hosts=True)).fetch(host.url("/redirect-to-localhost")).status == "ok"
     assert ImageFetcher(FetchConfig()).fetch("ftp://example.org/a.jpg").status == "bad_scheme"
     assert ImageFetcher(FetchConfig()).fetch("http://[::1]/a.jpg").status == "private_address"
+    for address in ("100.100.100.200", "169.254.169.254", "10.1.2.3", "0.0.0.0", "224.0.0.1"):
+        assert ImageFetcher(FetchConfig()).fetch(f"http://{address}/a.jpg").status == "private_address", address
 
 
 def test_huge_bodies_refused_without_reading_them(host, fetcher):
@@ -81,3 +97,8 @@ def test_downscale_keeps_aspect_and_uses_jpeg_draft():
     assert Image.open(io.BytesIO(small.data)).size == (384, 192)
     untouched = decode_image(jpeg_bytes((100, 50)), max_side=384)
     assert untouched.data == jpeg_bytes((100, 50)) and untouched.width == 100
+
+
+def test_body_shorter_than_announced_is_a_connection_error(host):
+    fetcher = ImageFetcher(FetchConfig(retries=0, allow_private_hosts=(f"127.0.0.1:{host.port}",)))
+    assert fetcher.fetch(host.url("/short-body.jpg")).status == "connection_error"

@@ -1,6 +1,6 @@
 from datatrove.data import Document, Media, MediaType
 
-from filters.layout import layout_problem, merge_consecutive_texts, remove_images
+from filters.layout import layout_problem, merge_consecutive_texts, remove_images, remove_images_or_document
 from filters.structure import InterleavedStructureFilter
 
 
@@ -38,3 +38,10 @@ def test_structure_filter_reasons():
     assert step.filter(broken) == (False, "length_mismatch")
     merged = make_doc(["a", "b", None], 1)
     assert step.filter(merged) is True and merged.metadata["texts"] == ["a\n\nb", None]
+
+
+def test_removing_no_image_keeps_even_a_document_without_images():
+    text_only = make_doc(["a"], 0)
+    assert remove_images_or_document(text_only, [], "all_images_opted_out") is True
+    doc = make_doc(["a", None], 1)
+    assert remove_images_or_document(doc, [0], "gone") == (False, "gone")

@@ -114,8 +114,10 @@ def test_batches_match_by_url_and_use_the_cache(tmp_path):
 
 def test_offline_list_matches_urls_and_domains(tmp_path):
     listing = tmp_path / "optout.txt"
-    listing.write_text("# comment\nphotos.example\nhttps://a.example/one.jpg\n")
+    listing.write_text("# comment\nphotos.example  # a whole site\nhttps://a.example/one.jpg\n"
+                       "https://b.example/page#section\n")
     checker = OptOutList(str(listing))
     urls = ["https://photos.example/x.jpg", "https://cdn.photos.example/y.jpg", "https://notphotos.example/z.jpg",
-            "https://a.example/one.jpg", "https://a.example/two.jpg"]
-    assert checker.opted_out(urls) == {urls[0], urls[1], urls[3]}
+            "https://a.example/one.jpg", "https://a.example/two.jpg", "https://photos.example./trailing-dot.jpg",
+            "https://b.example/page#section", "https://b.example/page", "http://[::1/malformed"]
+    assert checker.opted_out(urls) == {urls[0], urls[1], urls[3], urls[5], urls[6]}

@@ -59,9 +59,11 @@ class HammingIndex:
     def _chunk(values: np.ndarray, low: int, high: int) -> np.ndarray:
         return (values >> np.uint64(low)) & np.uint64((1 << (high - low)) - 1)
 
-    def search(self, queries: np.ndarray, batch: int = 4096) -> list[list[tuple[int, int]]]:
+    def search(self, queries: np.ndarray, batch: int | None = None) -> list[list[tuple[int, int]]]:
         """For each query, [(entry index, distance), ...] of every entry within the radius, nearest first."""
         queries = np.asarray(queries, dtype=np.uint64)
+        if batch is None:  # about 16 MB of probes a table, whatever the radius makes the neighbour count
+            batch = max(1, 2**21 // max(len(masks) for *_, masks in self.tables)) if self.tables else 4096
         results: list[list[tuple[int, int]]] = []
         for start in range(0, len(queries), batch):
             results += self._search_batch(queries[start:start + batch])
