@@ -6,7 +6,8 @@ Rules, in the order they apply to each hop (a redirect is a new hop, checked aga
     multicast, reserved and unspecified are refused (`private_address`) unless `allow_private_hosts` allows
     them (the name is resolved again by the HTTP client when it connects: DNS rebinding is not closed);
   - at most `per_host` requests in flight to one host, connect and read timeouts, a total deadline
-    (`timeout`, enforced while the body streams too), bounded retries with exponential backoff on timeouts, connection errors, 429 and 5xx;
+    (`timeout`, enforced while the body streams too), bounded retries with exponential backoff on timeouts,
+    connection errors, 429 and 5xx;
   - `X-Robots-Tag` directives `noai`, `noimageai`, `noindex`, `noimageindex` (img2dataset's defaults) and
     `tdm-reservation: 1` refuse the image (`blocked_by_header`);
   - a body over `max_bytes` is refused as soon as that is known, from Content-Length or while streaming,

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
-from datatrove.data import Document
+from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.writers.disk_base import DiskWriter
 
 from filters.batched import BatchedFilter
@@ -28,14 +29,20 @@ class HttpImageSource:
     def __init__(self, config: FetchConfig | None = None):
         self.config = config or FetchConfig()
         self._fetcher: ImageFetcher | None = None
+        self._lock = threading.Lock()
 
     def get(self, url: str) -> FetchResult:
         if self._fetcher is None:
-            self._fetcher = ImageFetcher(self.config)
+            with self._lock:  # one fetcher, so one set of per-host limits, for all download threads
+                if self._fetcher is None:
+                    self._fetcher = ImageFetcher(self.config)
         return self._fetcher.fetch(url)
 
-    def __getstate__(self) -> dict:
-        return {"config": self.config, "_fetcher": None}
+    def __getstate__(self) -> dict:  # workers build their own fetcher (sessions, locks)
+        return {"config": self.config}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["config"])
 
 
 class Img2DatasetSource:
@@ -68,11 +75,25 @@ class ImageAcquisitionFilter(BatchedFilter):
         super().__init__(exclusion_writer, batch_size=batch_size)
         self.source = source
         self.threads = threads
+        self._pool: ThreadPoolExecutor | None = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_pool": None}
+
+    def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        """One thread pool for the whole task, so download threads keep their HTTP connections alive."""
+        try:
+            yield from super().run(data, rank, world_size)
+        finally:
+            if self._pool:
+                self._pool.shutdown()
+                self._pool = None
 
     def filter_batch(self, batch: list[Document]) -> list[bool | tuple[bool, str]]:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.threads)
         urls = list(dict.fromkeys(m.url for doc in batch for m in doc.media))
-        with ThreadPoolExecutor(self.threads) as pool:
-            results = dict(zip(urls, pool.map(self.source.get, urls)))
+        results = dict(zip(urls, self._pool.map(self.source.get, urls)))
         return [self._apply(doc, results) for doc in batch]
 
     def _apply(self, doc: Document, results: dict[str, FetchResult]) -> bool | tuple[bool, str]:

@@ -24,7 +24,7 @@ from pipelines import summary as summaries
 from pipelines.calibration import Calibration, Cut, plot_cut, save_cuts, top_fraction_cut
 from pipelines.executors import ExecutorOptions, run_executor
 from pipelines.shards import (
-    DiscardingWriter, ParquetShardReader, ParquetShardWriter, RowFormat, ShardInputError, shard_name,
+    DiscardingWriter, ParquetShardReader, ParquetShardWriter, RowFormat, ShardInputError, schema_problem, shard_name,
 )
 
 RUN_FILE = "run.json"
@@ -135,16 +135,17 @@ def list_input(path: str, suffix: str) -> tuple[str, list[str]]:
 
 
 def check_inputs(folder: DataFolder, files: list[str], row_format: RowFormat) -> None:
-    """Read each file's parquet footer before any work: a file that is not parquet or lacks a column stops here."""
+    """Read each file's parquet footer before any work: a file that is not parquet, lacks a column or has one of
+    a type that does not cast stops here."""
 
     def problem(path: str) -> str | None:
         try:
             with folder.open(path, "rb") as f:
-                names = pq.ParquetFile(f).schema_arrow.names
+                schema = pq.ParquetFile(f).schema_arrow
         except Exception as error:  # noqa: BLE001 - any failure to read the footer is the file's problem
             return f"{folder.resolve_paths(path)}: not a readable parquet file ({type(error).__name__})"
-        missing = [n for n in row_format.schema.names if n not in names]
-        return f"{folder.resolve_paths(path)}: missing column(s) {', '.join(missing)}" if missing else None
+        problem = schema_problem(schema, row_format.schema)
+        return f"{folder.resolve_paths(path)}: {problem}" if problem else None
 
     with ThreadPoolExecutor(16) as pool:
         problems = [p for p in pool.map(problem, files) if p]

@@ -10,6 +10,7 @@ changed is written back byte for byte. A row that cannot be laid out is carried 
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pyarrow as pa
@@ -57,11 +58,12 @@ def row_to_document(row: dict, doc_id: str) -> Document:
         return Document(text=join_texts(t for t in texts if isinstance(t, str)), id=doc_id,
                         metadata={LAYOUT_ERROR_KEY: parsed, SOURCE_KEY: dict(row)})
     image_metadata, general = parsed
-    media = [
-        Media(id=f"{doc_id}/{pos}", type=MediaType.IMAGE, url=url,
-              metadata=image_metadata[pos] if isinstance(image_metadata[pos], dict) else {})
-        for pos, url in enumerate(row["images"]) if url is not None
-    ]
+    # what the writer will compare against: a missing entry at an image position reads as {}, text positions
+    # as null (so a row whose metadata said otherwise is rewritten, not passed off as unchanged)
+    metadata_read = [(m if isinstance(m, dict) else {}) if url is not None else None
+                     for m, url in zip(image_metadata, row["images"])]
+    media = [Media(id=f"{doc_id}/{pos}", type=MediaType.IMAGE, url=url, metadata=copy.deepcopy(metadata_read[pos]))
+             for pos, url in enumerate(row["images"]) if url is not None]
     return Document(
         text=join_texts(row["texts"]),
         id=doc_id,
@@ -70,20 +72,17 @@ def row_to_document(row: dict, doc_id: str) -> Document:
             "url": general.get("url"),  # where datatrove's URL filters look
             GENERAL_METADATA_KEY: general,
             TEXTS_KEY: list(row["texts"]),
-            SOURCE_KEY: {"metadata": row["metadata"], "general_metadata": row["general_metadata"]},
+            SOURCE_KEY: {"metadata": row["metadata"], "general_metadata": row["general_metadata"],
+                         "metadata_read": metadata_read, "general_metadata_read": copy.deepcopy(general)},
         },
     )
 
 
-def _json_or_source(value: object, source: str | None) -> str:
-    """The source string when it still says exactly `value`, so unchanged documents round-trip byte for byte."""
-    if source is not None:
-        try:
-            if json.loads(source) == value:
-                return source
-        except ValueError:
-            pass
-    return json.dumps(value)
+def _json_or_source(value: object, source: str | None, read_as: object) -> str | None:
+    """The source string (or null) when reading it gave exactly `value` (`read_as`), so unchanged documents
+    round-trip byte for byte; otherwise `value` as JSON."""
+    return source if read_as == value else json.dumps(value)
+
 
 
 def document_to_row(doc: Document) -> dict:
@@ -98,8 +97,9 @@ def document_to_row(doc: Document) -> dict:
     source = doc.metadata.get(SOURCE_KEY, {})
     return {
         "images": images,
-        "metadata": _json_or_source(metadata, source.get("metadata")),
-        "general_metadata": _json_or_source(doc.metadata[GENERAL_METADATA_KEY], source.get("general_metadata")),
+        "metadata": _json_or_source(metadata, source.get("metadata"), source.get("metadata_read")),
+        "general_metadata": _json_or_source(doc.metadata[GENERAL_METADATA_KEY], source.get("general_metadata"),
+                                            source.get("general_metadata_read")),
         "texts": list(doc.metadata[TEXTS_KEY]),
     }
 

@@ -34,6 +34,20 @@ class ShardInputError(Exception):
     """An input shard cannot be read as the expected format; the message names the file."""
 
 
+def schema_problem(actual: pa.Schema, expected: pa.Schema) -> str | None:
+    """Why a file with schema `actual` cannot be read as `expected` (missing columns, types that do not cast)."""
+    missing = [n for n in expected.names if n not in actual.names]
+    if missing:
+        return f"missing column(s) {', '.join(missing)}"
+    for field in expected:
+        found = actual.field(field.name).type
+        try:
+            pa.array([], type=found).cast(field.type)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+            return f"column {field.name} is {found}, expected {field.type}"
+    return None
+
+
 @dataclass(frozen=True)
 class RowFormat:
     """How one source format maps parquet rows to Documents and back."""
@@ -61,25 +75,27 @@ class ParquetShardReader(PipelineStep):
         self.limit = limit
         self.batch_size = batch_size
 
-    def _open(self, folder: DataFolder, path: str) -> pq.ParquetFile:
+    def _open(self, folder: DataFolder, path: str, file) -> pq.ParquetFile:
         try:
-            parquet = pq.ParquetFile(folder.open(path, "rb"))
+            parquet = pq.ParquetFile(file)
         except (pa.ArrowInvalid, OSError) as error:
             raise ShardInputError(f"{folder.resolve_paths(path)}: not a readable parquet file ({error})") from None
-        missing = [n for n in self.row_format.schema.names if n not in parquet.schema_arrow.names]
-        if missing:
-            raise ShardInputError(f"{folder.resolve_paths(path)}: missing column(s) {', '.join(missing)}")
+        if problem := schema_problem(parquet.schema_arrow, self.row_format.schema):
+            raise ShardInputError(f"{folder.resolve_paths(path)}: {problem}")
         return parquet
 
     def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         folder = get_datafolder(self.input_folder)
         path = self.files[rank]
-        parquet = self._open(folder, path)
+        with folder.open(path, "rb") as file:
+            yield from self._read(folder, path, self._open(folder, path, file), rank)
+
+    def _read(self, folder: DataFolder, path: str, parquet: pq.ParquetFile, rank: int) -> DocumentsPipeline:
         read = 0
         columns = self.row_format.schema.names
         try:
             for batch in parquet.iter_batches(batch_size=self.batch_size, columns=columns):
-                for row in batch.to_pylist():
+                for row in batch.select(columns).cast(self.row_format.schema).to_pylist():
                     if 0 <= self.limit <= read:
                         return
                     with self.track_time():
@@ -116,6 +132,16 @@ class _ParquetShardFile:
         self.writer.close()
         self.file.close()
         self.folder.mv(self.tmp_name, self.filename)
+
+    def abort(self) -> None:
+        """Close and delete the temporary file: a failed shard leaves nothing behind."""
+        for close in (self.writer.close, self.file.close):
+            try:
+                close()
+            except Exception:  # noqa: BLE001 - already failing; the file is deleted next
+                pass
+        if self.folder.exists(self.tmp_name):
+            self.folder.rm(self.tmp_name)
 
 
 def _extension(data: bytes) -> str:
@@ -159,6 +185,11 @@ class _ImageShardTar:
         self.file.close()
         self.folder.mv(self.tmp_name, self.filename)
 
+    def abort(self) -> None:
+        self.file.close()
+        if self.folder.exists(self.tmp_name):
+            self.folder.rm(self.tmp_name)
+
 
 class RemovedDocumentsSink:
     """Collects the documents every filter of a task removes into `removed/NNNNN.parquet`.
@@ -191,6 +222,11 @@ class RemovedDocumentsSink:
     def commit(self) -> None:
         self._file.commit()
         self._file = None
+
+    def abort(self) -> None:
+        if self._file:
+            self._file.abort()
+            self._file = None
 
 
 class RemovalRecorder:
@@ -237,12 +273,18 @@ class ParquetShardWriter(PipelineStep):
         kept = _ParquetShardFile(folder, f"data/{shard_name(rank)}.parquet", self.row_format.schema,
                                  self.batch_rows)
         images = _ImageShardTar(folder, f"images/{shard_name(rank)}.tar") if self.write_images else None
-        for doc in data or ():
-            with self.track_time():
-                kept.write(self.row_format.to_row(doc))
-                if images:
-                    images.write(doc)
-            self.stat_update("kept")
+        try:
+            for doc in data or ():
+                with self.track_time():
+                    kept.write(self.row_format.to_row(doc))
+                    if images:
+                        images.write(doc)
+                self.stat_update("kept")
+        except BaseException:  # a step failed (or the task was stopped): remove the shard's partial files
+            for partial in (kept, images, self.removed):
+                if partial:
+                    partial.abort()
+            raise
         # every upstream generator has finished here, so every removal has reached the sink
         self.removed.commit()
         if images:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from datatrove.data import Document
 from datatrove.pipeline.base import PipelineStep
 
@@ -34,3 +36,27 @@ def test_failed_shard_is_isolated_recorded_and_retried(tmp_path):
                  options=ExecutorOptions(workers=1))
     assert sorted(p.name for p in (logs / "completions").iterdir()) == ["00000", "00001", "00002"]
     assert not (logs / "errors" / "00001.txt").exists()
+
+
+def test_a_failing_step_leaves_no_partial_files(tmp_path):
+    from datatrove.pipeline.filters.base_filter import BaseFilter
+
+    from pipelines.obelics_format import OBELICS_FORMAT
+    from pipelines.shards import ParquetShardReader, ParquetShardWriter
+    from tests.conftest import SAMPLE_OBELICS
+
+    class Explodes(BaseFilter):
+        name = "explodes"
+
+        def filter(self, doc):
+            if doc.id.endswith("0000020"):
+                raise RuntimeError("model crashed")
+            return True
+
+    files = sorted(p.name for p in Path(SAMPLE_OBELICS).glob("*.parquet"))
+    writer = ParquetShardWriter(str(tmp_path / "out"), OBELICS_FORMAT, batch_rows=5)
+    pipeline = [ParquetShardReader(SAMPLE_OBELICS, files, OBELICS_FORMAT), Explodes(), writer]
+    run_executor(pipeline, world_size=4, shards=range(0, 1), logging_dir=str(tmp_path / "logs"),
+                 options=ExecutorOptions(workers=1))
+    assert "model crashed" in (tmp_path / "logs" / "errors" / "00000.txt").read_text()
+    assert [p for p in (tmp_path / "out").rglob("*") if p.is_file()] == []

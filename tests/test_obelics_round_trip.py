@@ -64,3 +64,11 @@ def test_pipeline_writes_unchanged_documents_byte_for_byte(tmp_path):
         bad = [r for r in rows if not is_well_formed(r)]
         assert [{k: r[k] for k in bad[0]} for r in removed] == bad  # removal records keep the row as it was
         assert all(r["removed_step"] == "structure" and r["removed_reason"] for r in removed)
+
+
+def test_null_metadata_round_trips_as_null():
+    row = {"images": ["https://x.example/a.jpg", None], "texts": [None, "Some text."], "metadata": "[null, null]",
+           "general_metadata": None}
+    assert document_to_row(row_to_document(row, "d")) == row
+    row["metadata"] = None
+    assert document_to_row(row_to_document(row, "d")) == row

@@ -135,6 +135,12 @@ def test_parquet_missing_a_column_and_unreadable_file(tmp_path):
     line = one_error_line(obelics("--input", str(folder), "--output", str(tmp_path / "o")))
     assert "b.parquet" in line and "texts" in line
 
+    struct = table.drop_columns(["general_metadata"]).append_column(
+        "general_metadata", pa.array([{"url": "https://x.example"}] * len(table)))
+    pq.write_table(struct, folder / "b.parquet")
+    line = one_error_line(obelics("--input", str(folder), "--output", str(tmp_path / "o1")))
+    assert "b.parquet" in line and "column general_metadata is struct" in line
+
     (folder / "b.parquet").write_bytes(b"this is not parquet at all")
     line = one_error_line(obelics("--input", str(folder), "--output", str(tmp_path / "o2")))
     assert "b.parquet" in line and "not a readable parquet" in line
