@@ -148,3 +148,13 @@ def test_fixed_cut_and_conflicting_flags(tmp_path):
     missing = run_command("pipelines.obelics", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "o3"),
                           "--steps", "perplexity", "--ppl-model", str(tmp_path / "no-model"))
     assert missing.returncode == 2 and "--ppl-model" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_calibrating_on_no_scores_is_an_error_not_an_empty_dataset(tmp_path):
+    rows = [dict(r, texts=["the", None]) for r in varied_corpus(5)]  # one token each: nothing to score
+    (tmp_path / "in").mkdir()
+    pq.write_table(pa.Table.from_pylist(rows, schema=OBELICS_SCHEMA), tmp_path / "in" / "a.parquet")
+    result = run_command("pipelines.obelics", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"),
+                         "--steps", "perplexity", "--ppl-model", FALCON)
+    assert result.returncode == 1 and "no scores to calibrate on" in result.stderr
+    assert not (tmp_path / "out" / "data").exists()
