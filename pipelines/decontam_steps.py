@@ -6,7 +6,7 @@ import argparse
 import json
 import os
 
-from filters.decontam.index import DecontaminationIndex
+from filters.decontam.index import INDEX_VERSION, DecontaminationIndex
 from filters.decontam.step import POLICIES, DecontaminationFilter
 from pipelines.cli import UsageError
 from pipelines.decontam_report import MATCHES_FOLDER
@@ -31,7 +31,10 @@ def decontam_step(args: argparse.Namespace, writer: ParquetShardWriter) -> Decon
         raise UsageError(f"step decontam: --decontam-index {args.decontam_index!r} is not an index; build one with "
                          f"python -m filters.decontam build --output INDEX --benchmarks ... | --from NAME=PATH")
     with open(meta) as f:
-        json.load(f)
+        version = json.load(f).get("version")
+    if version != INDEX_VERSION:
+        raise UsageError(f"--decontam-index {args.decontam_index}: index format {version}, this version reads "
+                         f"{INDEX_VERSION}; rebuild it with python -m filters.decontam build")
     return DecontaminationFilter(DecontaminationIndex(args.decontam_index, args.decontam_radius),
                                  args.decontam_policy, os.path.join(args.output, MATCHES_FOLDER),
                                  exclusion_writer=writer.removal_recorder("decontam"))
