@@ -21,6 +21,7 @@ from datatrove.data import Document, Media
 from datatrove.pipeline.writers.disk_base import DiskWriter
 
 from filters.annotation_cache import ScoringFilter, ShardScoreCache
+from filters.devices import model_dtype, pick_device
 from filters.layout import remove_images_or_document
 
 NSFW_KEY = "nsfw_scores"  # metadata: one score per image, in media order
@@ -56,10 +57,6 @@ class NsfwScorer(Protocol):
     def score(self, media: list[Media]) -> list[float]: ...
 
 
-def _device(device: str | None) -> str:
-    return device or ("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def _decode(media: list[Media]):
     from PIL import Image
 
@@ -87,7 +84,7 @@ class _ModelScorer:
 
     def score(self, media: list[Media]) -> list[float]:
         if self._loaded is None:
-            self._loaded = self._load_models(_device(self.device))
+            self._loaded = self._load_models(pick_device(self.device))
         processor, *models = self._loaded
         scores: list[float] = []
         for start in range(0, len(media), self.batch_size):
@@ -107,8 +104,8 @@ class ImageClassifierScorer(_ModelScorer):
     def _load_models(self, device: str) -> tuple:
         from transformers import AutoImageProcessor, AutoModelForImageClassification
 
-        dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-        model = AutoModelForImageClassification.from_pretrained(self.model, dtype=dtype).to(device).eval()
+        model = AutoModelForImageClassification.from_pretrained(self.model, dtype=model_dtype(device))
+        model = model.to(device).eval()
         flagged = [i for i, name in model.config.id2label.items() if name.lower() in self.nsfw_labels]
         if not flagged:
             raise ValueError(f"{self.model}: none of its labels {list(model.config.id2label.values())} is one of "

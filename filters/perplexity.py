@@ -56,13 +56,14 @@ class PerplexityScorer:
     def load(self) -> None:
         if self._model is not None:
             return
-        import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        device = self.config.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+        from filters.devices import model_dtype, pick_device
+
+        device = pick_device(self.config.device)
         self._tokenizer = AutoTokenizer.from_pretrained(self.config.model)
-        self._model = AutoModelForCausalLM.from_pretrained(self.config.model, dtype=dtype).to(device).eval()
+        self._model = AutoModelForCausalLM.from_pretrained(self.config.model, dtype=model_dtype(device))
+        self._model = self._model.to(device).eval()
         self.pad_id = self._tokenizer.pad_token_id if self._tokenizer.pad_token_id is not None \
             else self._tokenizer.eos_token_id  # pad = eos (facts.md)
         self.batch_tokens = self.config.batch_tokens or (32768 if device.startswith("cuda") else 2048)
