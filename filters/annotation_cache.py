@@ -17,7 +17,7 @@ from datatrove.io import get_datafolder
 from datatrove.pipeline.writers.disk_base import DiskWriter
 
 from filters.batched import BatchedFilter
-from filters.shard_files import shard_name
+from filters.shard_files import shard_name, write_atomically
 
 SCHEMA = pa.schema([("key", pa.string()), ("value", pa.float64())])
 
@@ -41,9 +41,8 @@ class ShardScoreCache:
         folder = get_datafolder(self.folder)
         name = f"{shard_name(shard)}.parquet"
         table = pa.table({"key": list(scores), "value": [float(v) for v in scores.values()]}, schema=SCHEMA)
-        with folder.open(f"{name}.tmp", "wb") as f:
+        with write_atomically(folder, name) as f:
             pq.write_table(table, f)
-        folder.mv(f"{name}.tmp", name)
 
     def values(self, shards: list[int]) -> Iterator[np.ndarray]:
         """Each shard's scores as an array, one shard at a time (memory flat in the number of shards)."""

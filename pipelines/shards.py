@@ -107,14 +107,37 @@ class ParquetShardReader(PipelineStep):
             raise ShardInputError(f"{folder.resolve_paths(path)}: unreadable after {read} rows ({error})") from None
 
 
-class _ParquetShardFile:
-    """One output parquet file, written in row batches to a temporary name and renamed into place by `commit`."""
+class _ShardFile:
+    """An output file written under `<name>.tmp`: `commit` renames it into place, `abort` deletes it, so a failed
+    shard leaves nothing behind. Subclasses close what they wrap around `self.file` in `_close`."""
+
+    def __init__(self, folder: DataFolder, filename: str):
+        self.folder, self.filename, self.tmp_name = folder, filename, f"{filename}.tmp"
+        self.file = folder.open(self.tmp_name, "wb")
+
+    def _close(self) -> None:
+        self.file.close()
+
+    def commit(self) -> None:
+        self._close()
+        self.folder.mv(self.tmp_name, self.filename)
+
+    def abort(self) -> None:
+        try:
+            self._close()
+        except Exception:  # noqa: BLE001 - already failing; the file is deleted next
+            self.file.close()
+        if self.folder.exists(self.tmp_name):
+            self.folder.rm(self.tmp_name)
+
+
+class _ParquetShardFile(_ShardFile):
+    """One output parquet file, written in row batches."""
 
     def __init__(self, folder: DataFolder, filename: str, schema: pa.Schema, batch_rows: int):
-        self.folder, self.filename, self.schema, self.batch_rows = folder, filename, schema, batch_rows
-        self.tmp_name = f"{filename}.tmp"
+        super().__init__(folder, filename)
+        self.schema, self.batch_rows = schema, batch_rows
         self.rows: list[dict] = []
-        self.file = folder.open(self.tmp_name, "wb")
         self.writer = pq.ParquetWriter(self.file, schema)
 
     def write(self, row: dict) -> None:
@@ -127,21 +150,13 @@ class _ParquetShardFile:
             self.writer.write_table(pa.Table.from_pylist(self.rows, schema=self.schema))
             self.rows = []
 
+    def _close(self) -> None:
+        self.writer.close()
+        super()._close()
+
     def commit(self) -> None:
         self._flush()
-        self.writer.close()
-        self.file.close()
-        self.folder.mv(self.tmp_name, self.filename)
-
-    def abort(self) -> None:
-        """Close and delete the temporary file: a failed shard leaves nothing behind."""
-        for close in (self.writer.close, self.file.close):
-            try:
-                close()
-            except Exception:  # noqa: BLE001 - already failing; the file is deleted next
-                pass
-        if self.folder.exists(self.tmp_name):
-            self.folder.rm(self.tmp_name)
+        super().commit()
 
 
 def _extension(data: bytes) -> str:
@@ -153,13 +168,12 @@ def _extension(data: bytes) -> str:
     return "webp" if data[8:12] == b"WEBP" else "jpg"
 
 
-class _ImageShardTar:
+class _ImageShardTar(_ShardFile):
     """Fetched images of one shard as an img2dataset-style webdataset tar (`<key>.<ext>` + `<key>.json` with
     `url` and `status`), so the output can itself be given to a later run as `--images PATH`."""
 
     def __init__(self, folder: DataFolder, filename: str):
-        self.folder, self.filename, self.tmp_name = folder, filename, f"{filename}.tmp"
-        self.file = folder.open(self.tmp_name, "wb")
+        super().__init__(folder, filename)
         self.tar = tarfile.open(fileobj=self.file, mode="w|")
         self.seen: set[str] = set()
 
@@ -180,15 +194,9 @@ class _ImageShardTar:
                     **{k: media.metadata.get(k) for k in ("original_width", "original_height", "format")}}
             self._add(f"{key}.json", json.dumps(meta).encode())
 
-    def commit(self) -> None:
+    def _close(self) -> None:
         self.tar.close()
-        self.file.close()
-        self.folder.mv(self.tmp_name, self.filename)
-
-    def abort(self) -> None:
-        self.file.close()
-        if self.folder.exists(self.tmp_name):
-            self.folder.rm(self.tmp_name)
+        super()._close()
 
 
 class RemovedDocumentsSink:

@@ -11,7 +11,7 @@ from datatrove.pipeline.writers.disk_base import DiskWriter
 from filters.decontam.index import DecontaminationIndex, Match
 from filters.batched import BatchedFilter
 from filters.layout import remove_images_or_document
-from filters.shard_files import shard_name
+from filters.shard_files import shard_name, write_atomically
 
 EVAL_MATCH_KEY = "eval_match"
 POLICIES = ("image", "document")
@@ -42,11 +42,8 @@ class DecontaminationFilter(BatchedFilter):
         self._records = []
         yield from super().run(data, rank, world_size)
         if self.matches_folder:
-            folder = get_datafolder(self.matches_folder)
-            name = f"{shard_name(rank)}.jsonl"
-            with folder.open(f"{name}.tmp", "w") as f:
+            with write_atomically(get_datafolder(self.matches_folder), f"{shard_name(rank)}.jsonl", "w") as f:
                 f.writelines(json.dumps(r) + "\n" for r in self._records)
-            folder.mv(f"{name}.tmp", name)
 
     def filter_batch(self, batch: list[Document]) -> list[bool | tuple[bool, str]]:
         media = [(doc, i, m) for doc in batch for i, m in enumerate(doc.media) if m.media_bytes is not None]
