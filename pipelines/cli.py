@@ -188,10 +188,11 @@ def build_pipeline(spec: PipelineSpec, args: argparse.Namespace, input_path: str
 
 
 def calibrate(spec: PipelineSpec, args: argparse.Namespace, input_path: str, files: list[str], steps: list[str],
-              logging_dir: DataFolder, output: DataFolder) -> list[Cut]:
+              logging_dir: DataFolder, output: DataFolder, checked: set[int]) -> list[Cut]:
     """Score the calibration shards with every calibrated step (only what those steps need runs before them),
     then set each step's threshold from the merged scores into `args.calibrated`. Step factories build the
-    calibrated steps as scorers only while `args.annotate_only` names them."""
+    calibrated steps as scorers only while `args.annotate_only` names them. Shards in `checked` have had their
+    input files checked already."""
     active = [c for c in spec.calibrations if c.step in steps and c.fraction(args) is not None]
     if not active:
         return []
@@ -200,7 +201,7 @@ def calibrate(spec: PipelineSpec, args: argparse.Namespace, input_path: str, fil
     prefix = [s for s in steps[:last + 1] if s in needed or s not in spec.expensive_steps]
     shards = parse_shard_range(args.calibration_shards, len(files), f"--input {args.input}")
     try:
-        check_inputs(get_datafolder(input_path), [files[s] for s in shards], spec.row_format)
+        check_inputs(get_datafolder(input_path), [files[s] for s in shards if s not in checked], spec.row_format)
     except UsageError as error:
         raise UsageError(f"{error}; it is a calibration shard: choose others with --calibration-shards") from None
     print(f"calibration: scoring shards {shards.start}-{shards.stop - 1} with {','.join(prefix)} to set "
@@ -258,7 +259,7 @@ def run(spec: PipelineSpec, args: argparse.Namespace) -> int:
     build_pipeline(spec, args, input_path, files, steps)  # before any work, even a calibration pass
     args.annotate_only = set()
     start = time.perf_counter()
-    calibrate(spec, args, input_path, files, steps, logging_dir, output)
+    calibrate(spec, args, input_path, files, steps, logging_dir, output, checked=set(pending))
     pipeline = build_pipeline(spec, args, input_path, files, steps)
     with output.open(RUN_FILE, "w") as f:
         json.dump(run_settings, f, indent=1)
