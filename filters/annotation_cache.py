@@ -1,8 +1,12 @@
-"""Per-shard scores on disk, so a model judges each document or image once, however many passes read them.
+"""Per-shard scores on disk, keyed by what was scored, so a model judges each text window or image once.
 
-A step that scores (perplexity, NSFW) loads its shard's file at the start of a task, scores only what is not
-in it, and rewrites it at the end. A calibrated cut (drop the top 5% of the whole run) reads every shard's file
-to set its threshold; the filtering pass then reuses the scores instead of running the model again.
+A step that scores (perplexity, NSFW) loads its shard's scores at the start of a task and scores only what is
+not there. Keys are content hashes (of the scored token window, of the image bytes); the folder is chosen by the
+caller from the model's identity, so another model never reads these scores. New scores are saved as they are
+computed, in small part files (`NNNNN/part-000001.parquet`), so a task killed part-way keeps what it scored; the
+task compacts them into `NNNNN.parquet` when it finishes. A calibrated cut reads every shard's scores to set its
+threshold; the filtering pass then reuses them. Each file has one writer (the shard's task), so the folder can
+live on any fsspec filesystem.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from datatrove.data import DocumentsPipeline
-from datatrove.io import get_datafolder
+from datatrove.io import DataFolder, get_datafolder
 from datatrove.pipeline.writers.disk_base import DiskWriter
 
 from filters.batched import BatchedFilter
@@ -23,47 +27,92 @@ SCHEMA = pa.schema([("key", pa.string()), ("value", pa.float64())])
 
 
 class ShardScoreCache:
-    """`folder/NNNNN.parquet`: key (a document id or an image URL) -> score, for one kind of score."""
+    """`folder/NNNNN.parquet` (+ `folder/NNNNN/part-*.parquet` while a task runs): content key -> score."""
 
     def __init__(self, folder: str):
         self.folder = folder
 
+    def _files(self, folder: DataFolder, shard: int) -> list[str]:
+        name = shard_name(shard)
+        files = [f"{name}.parquet"] if folder.isfile(f"{name}.parquet") else []
+        if folder.isdir(name):
+            files += sorted(p for p in folder.list_files(name) if p.endswith(".parquet"))
+        return files
+
     def load(self, shard: int) -> dict[str, float]:
         folder = get_datafolder(self.folder)
-        name = f"{shard_name(shard)}.parquet"
-        if not folder.isfile(name):
-            return {}
-        with folder.open(name, "rb") as f:
-            table = pq.read_table(f)
-        return dict(zip(table.column("key").to_pylist(), table.column("value").to_pylist()))
+        scores: dict[str, float] = {}
+        for name in self._files(folder, shard):
+            with folder.open(name, "rb") as f:
+                table = pq.read_table(f)
+            scores.update(zip(table.column("key").to_pylist(), table.column("value").to_pylist()))
+        return scores
 
-    def save(self, shard: int, scores: dict[str, float]) -> None:
-        folder = get_datafolder(self.folder)
-        name = f"{shard_name(shard)}.parquet"
+    @staticmethod
+    def _write(folder: DataFolder, name: str, scores: dict[str, float]) -> None:
         table = pa.table({"key": list(scores), "value": [float(v) for v in scores.values()]}, schema=SCHEMA)
         with write_atomically(folder, name) as f:
             pq.write_table(table, f)
+
+    def save_part(self, shard: int, scores: dict[str, float]) -> None:
+        """Append new scores as one more part file of the shard."""
+        folder = get_datafolder(self.folder)
+        parts = [p for p in self._files(folder, shard) if "/" in p]
+        self._write(folder, f"{shard_name(shard)}/part-{len(parts):06d}.parquet", scores)
+
+    def has_parts(self, shard: int) -> bool:
+        return get_datafolder(self.folder).isdir(shard_name(shard))
+
+    def compact(self, shard: int, scores: dict[str, float]) -> None:
+        """Replace the shard's files by one holding `scores` (every score it has, old and new)."""
+        folder = get_datafolder(self.folder)
+        parts = [p for p in self._files(folder, shard) if "/" in p]
+        self._write(folder, f"{shard_name(shard)}.parquet", scores)
+        for part in parts:
+            folder.rm(part)
 
     def values(self, shards: list[int]) -> Iterator[np.ndarray]:
         """Each shard's scores as an array, one shard at a time (memory flat in the number of shards)."""
         folder = get_datafolder(self.folder)
         for shard in shards:
-            name = f"{shard_name(shard)}.parquet"
-            if folder.isfile(name):
+            chunks = []
+            for name in self._files(folder, shard):
                 with folder.open(name, "rb") as f:
-                    yield pq.read_table(f, columns=["value"]).column("value").to_numpy()
+                    table = pq.read_table(f)
+                chunks.append(dict(zip(table.column("key").to_pylist(), table.column("value").to_numpy())))
+            merged = {k: v for chunk in chunks for k, v in chunk.items()}  # a key is counted once
+            if merged:
+                yield np.fromiter(merged.values(), dtype=np.float64, count=len(merged))
 
 
 class ScoringFilter(BatchedFilter):
-    """A filter that keeps `self._scores` (key -> score) for its shard, loaded from and saved to `cache`."""
+    """A filter that keeps `self._scores` (content key -> score) for its shard, loaded from and saved to `cache`
+    every `flush_every` new scores and compacted at the end."""
+
+    flush_every = 256
 
     def __init__(self, cache: ShardScoreCache | None, batch_size: int, exclusion_writer: DiskWriter | None):
         super().__init__(exclusion_writer, batch_size=batch_size)
         self.cache = cache
         self._scores: dict[str, float] = {}
+        self._new: dict[str, float] = {}
+        self._rank = 0
+
+    def __getstate__(self) -> dict:  # a fresh task starts with no scores in memory
+        return {**self.__dict__, "_scores": {}, "_new": {}}
+
+    def add_scores(self, scores: dict[str, float]) -> None:
+        self._scores.update(scores)
+        self._new.update(scores)
+        if self.cache and len(self._new) >= self.flush_every:
+            self.cache.save_part(self._rank, self._new)
+            self._new = {}
 
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        self._rank, self._new = rank, {}
         self._scores = self.cache.load(rank) if self.cache else {}
+        loaded = len(self._scores)
         yield from super().run(data, rank, world_size)
-        if self.cache:
-            self.cache.save(rank, self._scores)
+        if self.cache and (len(self._scores) > loaded or self.cache.has_parts(rank)):
+            self.cache.compact(rank, self._scores)
+        self._new = {}

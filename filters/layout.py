@@ -37,7 +37,10 @@ def layout_problem(images: object, texts: object) -> str | None:
 
 
 def layout_texts(doc: Document) -> list[str | None]:
-    """The document's full-length texts list (None at image positions)."""
+    """The document's full-length texts list (None at image positions). A document from another reader (no
+    `metadata["texts"]`) is read as its text followed by its images, the order datatrove's media list implies."""
+    if TEXTS_KEY not in doc.metadata:
+        doc.metadata[TEXTS_KEY] = ([doc.text] if doc.text else []) + [None] * len(doc.media)
     return doc.metadata[TEXTS_KEY]
 
 

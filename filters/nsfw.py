@@ -11,84 +11,47 @@ A third, `SourceScore`, reads a score the source already carries (LAION's `punsa
 
 from __future__ import annotations
 
-import io
 import math
 from dataclasses import dataclass
 from typing import Protocol
 
-import torch
 from datatrove.data import Document, Media
 from datatrove.pipeline.writers.disk_base import DiskWriter
 
 from filters.annotation_cache import ScoringFilter, ShardScoreCache
-from filters.devices import model_dtype, pick_device
+from filters.devices import load_once, model_dtype
 from filters.layout import remove_images_or_document
+from filters.pixels import content_key, working_image
 
 NSFW_KEY = "nsfw_scores"  # metadata: one score per image, in media order
 LAION_SAFETY_LABELS = ("porn", "hentai", "sexy", "nsfw")  # facts.md: drawings, hentai, neutral, porn, sexy
-
-
-class ClipNsfwHead(torch.nn.Module):
-    """LAION's NSFW head (facts.md), in torch. Outputs a logit; sigmoid gives the score."""
-
-    def __init__(self, dim: int = 768):
-        super().__init__()
-        self.register_buffer("mean", torch.zeros(dim))
-        self.register_buffer("variance", torch.ones(dim))
-        self.layers = torch.nn.Sequential(
-            torch.nn.Linear(dim, 64), torch.nn.ReLU(), torch.nn.Linear(64, 512), torch.nn.ReLU(),
-            torch.nn.Linear(512, 256), torch.nn.ReLU(), torch.nn.Linear(256, 1))
-
-    @staticmethod
-    def _unit(embeddings: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.normalize(embeddings.float(), dim=-1)
-
-    def fit_normalization(self, embeddings: torch.Tensor) -> None:
-        unit = self._unit(embeddings)
-        self.mean.copy_(unit.mean(0))
-        self.variance.copy_(unit.var(0))
-
-    def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
-        x = (self._unit(embeddings) - self.mean) / torch.sqrt(self.variance + 1e-7)
-        return self.layers(x)
 
 
 class NsfwScorer(Protocol):
     def score(self, media: list[Media]) -> list[float]: ...
 
 
-def _decode(media: list[Media]):
-    from PIL import Image
-
-    return [Image.open(io.BytesIO(m.media_bytes)).convert("RGB") for m in media]
-
-
 class _ModelScorer:
-    """Loads its model lazily, once per process (workers receive the config, not the weights), and scores
-    images in batches."""
+    """Loads its model lazily, once per worker process (workers receive the config, not the weights), and scores
+    images in batches from their shared working copies (`filters.pixels`: decoded once per task)."""
 
     batch_size: int
     device: str | None
 
-    def __post_init__(self):
-        self._loaded = None
-
-    def __getstate__(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k != "_loaded"} | {"_loaded": None}
-
     def _load_models(self, device: str) -> tuple:
         raise NotImplementedError
 
-    def _score_pixels(self, models: tuple, pixel_values: torch.Tensor) -> torch.Tensor:
+    def _score_pixels(self, models: tuple, pixel_values):
         raise NotImplementedError
 
     def score(self, media: list[Media]) -> list[float]:
-        if self._loaded is None:
-            self._loaded = self._load_models(pick_device(self.device))
-        processor, *models = self._loaded
+        import torch
+
+        processor, *models = load_once((type(self).__name__, repr(self)), self._load_models, self.device)
         scores: list[float] = []
         for start in range(0, len(media), self.batch_size):
-            pixels = processor(images=_decode(media[start:start + self.batch_size]), return_tensors="pt")
+            images = [working_image(m.media_bytes) for m in media[start:start + self.batch_size]]
+            pixels = processor(images=images, return_tensors="pt")
             with torch.inference_mode():
                 scores += self._score_pixels(models, pixels["pixel_values"]).float().tolist()
         return scores
@@ -112,7 +75,7 @@ class ImageClassifierScorer(_ModelScorer):
                              f"the NSFW labels {list(self.nsfw_labels)}")
         return AutoImageProcessor.from_pretrained(self.model), model, flagged
 
-    def _score_pixels(self, models: tuple, pixel_values: torch.Tensor) -> torch.Tensor:
+    def _score_pixels(self, models: tuple, pixel_values):
         model, flagged = models
         logits = model(pixel_values=pixel_values.to(model.device, model.dtype)).logits
         return logits.float().softmax(-1)[:, flagged].sum(-1)
@@ -129,12 +92,16 @@ class ClipNsfwScorer(_ModelScorer):
         from safetensors.torch import load_file
         from transformers import AutoImageProcessor, CLIPVisionModelWithProjection
 
+        from filters.nsfw_head import ClipNsfwHead
+
         clip = CLIPVisionModelWithProjection.from_pretrained(self.clip_model).to(device).eval()
         head = ClipNsfwHead(clip.config.projection_dim)
         head.load_state_dict(load_file(self.head))
         return AutoImageProcessor.from_pretrained(self.clip_model), clip, head.to(device).eval()
 
-    def _score_pixels(self, models: tuple, pixel_values: torch.Tensor) -> torch.Tensor:
+    def _score_pixels(self, models: tuple, pixel_values):
+        import torch
+
         clip, head = models
         embeddings = clip(pixel_values=pixel_values.to(clip.device)).image_embeds
         return torch.sigmoid(head(embeddings)).squeeze(-1)
@@ -172,29 +139,37 @@ class NsfwFilter(ScoringFilter):
             raise ValueError(f"policy must be one of {POLICIES}, not {policy!r}")
         self.scorer, self.threshold, self.policy = scorer, threshold, policy
 
-    def _score_new(self, media: list[Media]) -> None:
+    def _score_new(self, new: dict[str, Media]) -> dict[str, float]:
         """Score in one batch; if an image in it cannot be read, score one by one so only that one is lost."""
         try:
-            self._scores.update(zip((m.url for m in media), self.scorer.score(media)))
-            return
+            return dict(zip(new, self.scorer.score(list(new.values()))))
         except (OSError, ValueError, KeyError, TypeError):
             pass
-        for m in media:
+        scores = {}
+        for key, m in new.items():
             try:
-                self._scores[m.url] = self.scorer.score([m])[0]
+                scores[key] = self.scorer.score([m])[0]
             except (OSError, ValueError, KeyError, TypeError):
-                self._scores[m.url] = float("nan")  # removed by _judge, never passed unchecked
+                scores[key] = float("nan")  # removed by _judge, never passed unchecked
+        return scores
 
     def filter_batch(self, batch: list[Document]) -> list[bool | tuple[bool, str]]:
-        new = {m.url: m for doc in batch for m in doc.media if m.url not in self._scores}
+        keys = [[self._key(m) for m in doc.media] for doc in batch]
+        new = {k: m for doc, doc_keys in zip(batch, keys) for k, m in zip(doc_keys, doc.media)
+               if k not in self._scores}
         if new:
-            with self.track_time("batch"):
-                self._score_new(list(new.values()))
+            self.add_scores(self._score_new(new))
             self.stat_update("images_scored", value=len(new))
-        return [self._judge(doc) for doc in batch]
+        return [self._judge(doc, doc_keys) for doc, doc_keys in zip(batch, keys)]
 
-    def _judge(self, doc: Document) -> bool | tuple[bool, str]:
-        scores = [self._scores[m.url] for m in doc.media]
+    def _key(self, media: Media) -> str:
+        """Images are scored by content: two copies of an image share a score, two images never do."""
+        if media.media_bytes is not None:
+            return content_key(media.media_bytes)
+        return f"metadata:{media.metadata.get(getattr(self.scorer, 'key', ''))!r}:{media.id}"
+
+    def _judge(self, doc: Document, keys: list[str]) -> bool | tuple[bool, str]:
+        scores = [self._scores[k] for k in keys]
         doc.metadata[NSFW_KEY] = scores
         unreadable = [i for i, s in enumerate(scores) if math.isnan(s)]
         flagged = [i for i, s in enumerate(scores) if self.threshold is not None and s > self.threshold]
@@ -206,3 +181,12 @@ class NsfwFilter(ScoringFilter):
             return False, "nsfw_image"
         doc.metadata[NSFW_KEY] = [s for i, s in enumerate(scores) if i not in set(flagged + unreadable)]
         return remove_images_or_document(doc, flagged + unreadable, "no_image_left")
+
+
+def __getattr__(name: str):
+    """`ClipNsfwHead` lives in `filters.nsfw_head` (it imports torch); importing this module must not."""
+    if name == "ClipNsfwHead":
+        from filters.nsfw_head import ClipNsfwHead
+
+        return ClipNsfwHead
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

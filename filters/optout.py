@@ -28,6 +28,12 @@ SPAWNING_URL = "https://opts-api.spawningaiapi.com/api/v2/query/urls"
 TOKEN_VARIABLES = ("SPAWNING_TOKEN", "SPAWNING_OPTS_KEY")  # ours, and Spawning's own client's (datadiligence)
 
 
+def sendable(url: str) -> bool:
+    """A URL that can go in the newline-separated request body as one URL: no whitespace or control characters.
+    Any other is treated as opted out (it cannot be asked about, so it is not used)."""
+    return isinstance(url, str) and bool(url) and not any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in url)
+
+
 class OptOutServiceError(Exception):
     """The opt-out service could not answer after the retries; the shard must not be written unchecked."""
 
@@ -124,7 +130,6 @@ class SpawningOptOutChecker:
         self.config, self.cache = config, cache
         self._lock = threading.Lock()
         self._next_request = 0.0
-        self.api_calls = 0
 
     def __getstate__(self) -> dict:
         return {"config": self.config, "cache": self.cache}
@@ -137,7 +142,6 @@ class SpawningOptOutChecker:
             now = time.monotonic()
             wait = self._next_request - now
             self._next_request = max(now, self._next_request) + 1.0 / self.config.max_per_second
-            self.api_calls += 1
         if wait > 0:
             time.sleep(wait)
 
@@ -190,7 +194,8 @@ class SpawningOptOutFilter(BatchedFilter):
     Rules: a document whose own URL (`metadata["url"]`) is opted out is removed whole
     (`document_opted_out`); opted-out images are removed from the other documents; a document left with no
     image is removed (`all_images_opted_out`). Annotates `metadata["optout"]` with what it removed. If the
-    service cannot answer, the task fails (`OptOutServiceError`) rather than pass anything unchecked.
+    service cannot answer, the task fails (`OptOutServiceError`) rather than pass anything unchecked. A URL that
+    cannot be sent as one line of the request (whitespace, control characters) counts as opted out.
     """
 
     name = "optout"
@@ -201,8 +206,9 @@ class SpawningOptOutFilter(BatchedFilter):
 
     def filter_batch(self, batch: list[Document]) -> list[bool | tuple[bool, str]]:
         urls = [u for doc in batch for u in _urls(doc)]
-        with self.track_time("batch"):
-            opted = self.checker.opted_out(urls)
+        unsendable = {u for u in urls if not sendable(u)}
+        opted = self.checker.opted_out([u for u in urls if u not in unsendable]) | unsendable
+        self.stat_update("urls_unsendable", value=len(unsendable))
         self.stat_update("urls_checked", value=len(set(urls)))
         return [self._apply(doc, opted) for doc in batch]
 

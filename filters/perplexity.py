@@ -11,12 +11,14 @@ from __future__ import annotations
 import hashlib
 import math
 import random
+from array import array
 from dataclasses import dataclass
 
 from datatrove.data import Document
 from datatrove.pipeline.writers.disk_base import DiskWriter
 
 from filters.annotation_cache import ScoringFilter, ShardScoreCache
+from filters.devices import load_once, model_dtype
 
 PERPLEXITY_KEY = "perplexity"
 
@@ -33,6 +35,12 @@ class PerplexityConfig:
 
 def window_seed(text: str) -> int:
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big")
+
+
+def window_key(window: list[int]) -> str:
+    """What a perplexity score is keyed by: the scored token ids themselves (the model's identity is the cache's
+    folder)."""
+    return hashlib.blake2b(array("l", window).tobytes(), digest_size=16).hexdigest()
 
 
 def token_window(ids: list[int], window: int, text: str) -> list[int]:
@@ -54,19 +62,19 @@ class PerplexityScorer:
         return {"config": self.config, "_model": None, "_tokenizer": None}
 
     def load(self) -> None:
-        if self._model is not None:
-            return
+        if self._model is None:
+            self._tokenizer, self._model, self.pad_id, self.batch_tokens = load_once(
+                ("perplexity", self.config.model, self.config.device, self.config.batch_tokens), self._load,
+                self.config.device)
+
+    def _load(self, device: str) -> tuple:
+        """Tokenizer, model, padding id and batch size: loaded once per worker process (see `load_once`)."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from filters.devices import model_dtype, pick_device
-
-        device = pick_device(self.config.device)
-        self._tokenizer = AutoTokenizer.from_pretrained(self.config.model)
-        self._model = AutoModelForCausalLM.from_pretrained(self.config.model, dtype=model_dtype(device))
-        self._model = self._model.to(device).eval()
-        self.pad_id = self._tokenizer.pad_token_id if self._tokenizer.pad_token_id is not None \
-            else self._tokenizer.eos_token_id  # pad = eos (facts.md)
-        self.batch_tokens = self.config.batch_tokens or (32768 if device.startswith("cuda") else 2048)
+        tokenizer = AutoTokenizer.from_pretrained(self.config.model)
+        model = AutoModelForCausalLM.from_pretrained(self.config.model, dtype=model_dtype(device)).to(device).eval()
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id  # pad = eos
+        return tokenizer, model, pad_id, self.config.batch_tokens or (32768 if device.startswith("cuda") else 2048)
 
     @property
     def model(self):
@@ -132,16 +140,16 @@ class PerplexityFilter(ScoringFilter):
         self.scorer, self.max_perplexity = scorer, max_perplexity
 
     def filter_batch(self, batch: list[Document]) -> list[bool | tuple[bool, str]]:
-        todo = [doc for doc in batch if doc.id not in self._scores]
+        windows = self.scorer.windows([d.text for d in batch])
+        keys = [window_key(w) for w in windows]
+        todo = {k: w for k, w in zip(keys, windows) if k not in self._scores}
         if todo:
-            with self.track_time("batch"):
-                windows = self.scorer.windows([d.text for d in todo])
-                self.stat_update("tokens_scored", value=sum(map(len, windows)))
-                self._scores.update(zip((d.id for d in todo), self.scorer.score_windows(windows)))
-        return [self._judge(doc) for doc in batch]
+            self.stat_update("tokens_scored", value=sum(map(len, todo.values())))
+            self.add_scores(dict(zip(todo, self.scorer.score_windows(list(todo.values())))))
+        return [self._judge(doc, key) for doc, key in zip(batch, keys)]
 
-    def _judge(self, doc: Document) -> bool | tuple[bool, str]:
-        perplexity = self._scores[doc.id]
+    def _judge(self, doc: Document, key: str) -> bool | tuple[bool, str]:
+        perplexity = self._scores[key]
         doc.metadata[PERPLEXITY_KEY] = perplexity
         if math.isnan(perplexity):
             return (False, "too_short") if self.max_perplexity is not None else True

@@ -6,7 +6,7 @@ from datatrove.data import Document
 from datatrove.pipeline.filters.base_filter import BaseFilter
 from datatrove.pipeline.writers.disk_base import DiskWriter
 
-from filters.layout import LAYOUT_ERROR_KEY, TEXTS_KEY, merge_consecutive_texts
+from filters.layout import LAYOUT_ERROR_KEY, TEXTS_KEY, layout_texts, merge_consecutive_texts
 
 
 class InterleavedStructureFilter(BaseFilter):
@@ -27,7 +27,7 @@ class InterleavedStructureFilter(BaseFilter):
     def filter(self, doc: Document) -> bool | tuple[bool, str]:
         if error := doc.metadata.get(LAYOUT_ERROR_KEY):
             return False, error
-        texts = doc.metadata[TEXTS_KEY]
+        texts = layout_texts(doc)
         if all(t is None for t in texts):
             return False, "no_text"
         if not doc.media:

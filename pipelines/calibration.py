@@ -8,28 +8,28 @@ four, one run or two: the same shards give the same histogram and the same thres
 
 from __future__ import annotations
 
-import argparse
-import json
-from collections.abc import Callable, Iterable
+import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-from datatrove.io import DataFolder
+from datatrove.io import DataFolder, get_datafolder
 
-from filters.annotation_cache import ShardScoreCache
+from filters.shard_files import write_atomically
+from pipelines.executors import run_executor
+from pipelines.manifest import read_json, write_json
+from pipelines.options import UsageError
+from pipelines.shards import shard_name
+
+if TYPE_CHECKING:
+    from pipelines.cli import Run
 
 THRESHOLDS_FILE = "thresholds.json"
 
 
-@dataclass
-class Calibration:
-    """How one step's cut is calibrated on the run's scores."""
-
-    step: str
-    fraction: Callable[[argparse.Namespace], float | None]  # the top fraction to drop, or None: a fixed cut
-    scores: Callable[[argparse.Namespace], ShardScoreCache]
-    needs: tuple[str, ...] = ()  # earlier steps the scores depend on (beyond the cheap ones)
-    log_scale: bool = False  # histogram in log10 (perplexity) or linear (probabilities)
+class CalibrationError(Exception):
+    """The scoring pass of a calibrated cut did not finish: reported as one line and exit status 1."""
 
 
 @dataclass
@@ -86,21 +86,66 @@ def plot_cut(cut: Cut, path: str, folder: DataFolder, log_scale: bool) -> None:
                  label=f"threshold {cut.threshold:.4g}: top {100 * cut.fraction:g}% ({cut.above:,} of {cut.scored:,})")
     if log_scale:
         axis.set_xscale("log")
+    shown = counts[lo:hi][counts[lo:hi] > 0]
+    if len(shown) and shown.max() > 100 * shown.min():  # bins differ by orders of magnitude: show them all
+        axis.set_yscale("log")
     axis.set_xlabel(cut.step)
     axis.set_ylabel("count")
     axis.set_title(f"{cut.step}: distribution over the whole run")
     axis.legend(loc="upper right", fontsize=8)
     figure.tight_layout()
-    with folder.open(path, "wb") as f:
+    with write_atomically(folder, path) as f:
         figure.savefig(f, format="png")
     plt.close(figure)
 
 
 def save_cuts(folder: DataFolder, cuts: list[Cut]) -> None:
-    previous = {}
-    if folder.isfile(THRESHOLDS_FILE):
-        with folder.open(THRESHOLDS_FILE) as f:
-            previous = json.load(f)
-    previous.update({cut.step: cut.to_json() for cut in cuts})
-    with folder.open(THRESHOLDS_FILE, "w") as f:
-        json.dump(previous, f, indent=1)
+    thresholds = read_json(folder, THRESHOLDS_FILE) or {}
+    thresholds.update({cut.step: cut.to_json() for cut in cuts})
+    write_json(folder, THRESHOLDS_FILE, thresholds)
+
+
+def calibrate(run: Run, logging_dir: DataFolder, output: DataFolder, checked: set[int]) -> dict[str, float]:
+    """Score the calibration shards with every calibrated step (only what those steps need runs before them), then
+    set each step's threshold from the merged scores. Shards in `checked` have had their input files checked."""
+    from pipelines.cli import parse_shard_range
+
+    specs = [run.spec.step(name) for name in run.steps]
+    active = [s for s in specs if s.calibration and s.calibration.fraction(run.options[s.name]) is not None]
+    if not active:
+        return {}
+    needed = {n for s in active for n in s.calibration.needs}
+    last = max(run.steps.index(s.name) for s in active)
+    prefix = [s.name for s in specs[:last + 1] if s.name in needed or not s.expensive]
+    shards = parse_shard_range(run.args.calibration_shards, len(run.files), "--calibration-shards",
+                               f"--input {run.args.input}")
+    try:
+        run.spec.source.check(get_datafolder(run.input_path), [run.files[s] for s in shards if s not in checked])
+    except UsageError as error:
+        raise UsageError(f"{error}; it is a calibration shard: choose others with --calibration-shards") from None
+    fractions = {s.name: s.calibration.fraction(run.options[s.name]) for s in active}
+    print(f"calibration: scoring shards {shards.start}-{shards.stop - 1} with {','.join(prefix)} to set "
+          f"{', '.join(f'{name} (top {100 * f:g}%)' for name, f in fractions.items())}", file=sys.stderr)
+    pipeline = run.pipeline(prefix, scoring_only=frozenset(fractions), write=False)
+    calibration_logs = get_datafolder(logging_dir.resolve_paths("calibration"))
+    run_executor(pipeline, len(run.files), shards, calibration_logs.path, run.executor)
+    unfinished = [s for s in shards if not calibration_logs.isfile(f"completions/{shard_name(s)}")]
+    if unfinished:
+        raise CalibrationError(f"calibration: {len(unfinished)} shard(s) failed to score, e.g. {unfinished[0]} "
+                               f"(see {calibration_logs.resolve_paths('errors')}); run the command again")
+    cuts = []
+    for step in active:
+        ctx = run.context(None)
+        scores = step.calibration.scores(run.options[step.name], ctx)
+        try:
+            cut = top_fraction_cut(step.name, scores.values(list(shards)), fractions[step.name],
+                                   step.calibration.log_scale)
+        except ValueError as error:
+            raise CalibrationError(f"calibration: {error}; check --calibration-shards") from None
+        plot_cut(cut, f"{cut.step}_histogram.png", output, step.calibration.log_scale)
+        print(f"calibration: {cut.step} threshold {cut.threshold:.6g} (top {100 * cut.fraction:g}% of "
+              f"{cut.scored:,} scores: {cut.above:,} above); plot {output.resolve_paths(cut.step)}_histogram.png",
+              file=sys.stderr)
+        cuts.append(cut)
+    save_cuts(output, cuts)
+    return {cut.step: cut.threshold for cut in cuts}

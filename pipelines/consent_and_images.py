@@ -1,11 +1,16 @@
-"""Flags and step wiring for `optout` and `images`, shared by every pipeline whose sources carry URLs."""
+"""The `optout` and `images` steps as a pipeline declares them: options, how each is built, what it writes."""
 
 from __future__ import annotations
 
-import argparse
+import hashlib
+import io
+import json
 import os
+import tarfile
+from dataclasses import dataclass
 
-from datatrove.utils.logging import logger
+from datatrove.data import Document
+from datatrove.io import DataFolder
 
 from filters.image_fetch import FetchConfig
 from filters.images import HttpImageSource, ImageAcquisitionFilter, Img2DatasetSource
@@ -14,81 +19,123 @@ from filters.optout import (
     SPAWNING_URL, TOKEN_VARIABLES, OptOutCache, OptOutList, SpawningConfig, SpawningOptOutChecker,
     SpawningOptOutFilter, spawning_token,
 )
-from pipelines.cli import UsageError
-from pipelines.shards import ParquetShardWriter
-
-RUN_OPTIONS = ("optout_list", "images", "image_max_side")  # flags that change what an output holds
-
-
-def _hosts(text: str) -> tuple[str, ...]:
-    return tuple(h.strip() for h in text.split(",") if h.strip())
+from filters.shard_files import shard_name
+from pipelines.options import UsageError, option
+from pipelines.shards import TempFile
+from pipelines.steps import RunContext, StepSpec
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    consent = parser.add_argument_group("opt-out (step optout)")
-    consent.add_argument("--optout-list", default=None, metavar="FILE",
-                         help="offline opt-outs: URLs and domains, one a line, instead of the Spawning API")
-    consent.add_argument("--spawning-url", default=SPAWNING_URL, help="Spawning API endpoint (default: %(default)s)")
-    consent.add_argument("--spawning-retries", type=int, default=SpawningConfig.retries,
-                         help="tries after the first on 429, 5xx and timeouts (default: %(default)s)")
-    consent.add_argument("--spawning-backoff", type=float, default=SpawningConfig.backoff,
-                         help="seconds before the first retry, doubling after (default: %(default)s)")
-    consent.add_argument("--optout-cache", default=None, metavar="PATH",
-                         help="SQLite cache of API answers, shareable by runs (default: OUTPUT/cache/optout.sqlite)")
-    images = parser.add_argument_group("images (step images)")
-    images.add_argument("--images", default="download", metavar="download|PATH",
-                        help="download over HTTP(S), or join with an img2dataset download folder (default: download)")
-    images.add_argument("--image-threads", type=int, default=16, help="downloads in flight per task")
-    images.add_argument("--image-timeout", type=float, default=FetchConfig.timeout, help="seconds per image, all tries")
-    images.add_argument("--image-max-bytes", type=int, default=FetchConfig.max_bytes, help="largest body accepted")
-    images.add_argument("--image-max-side", type=int, default=None,
-                        help="store images downscaled to this longest side (default: as downloaded)")
-    images.add_argument("--allow-private-hosts", nargs="?", const=True, default=False, type=_hosts,
-                        metavar="HOST[:PORT],...",
-                        help="allow loopback/private addresses: all, or only the hosts listed (tests, mirrors)")
+def _hosts(text: str) -> bool | tuple[str, ...]:
+    return True if text == "all" else tuple(h.strip() for h in text.split(",") if h.strip())
 
 
-def optout_step(args: argparse.Namespace, writer: ParquetShardWriter) -> SpawningOptOutFilter:
-    if args.optout_list:
-        if not os.path.isfile(args.optout_list):
-            raise UsageError(f"--optout-list {args.optout_list}: no such file")
-        checker = OptOutList(args.optout_list)
+@dataclass
+class OptOutOptions:
+    list: str | None = option(None, "offline opt-outs: URLs and domains, one a line, instead of the Spawning API",
+                              path=True, flag="--optout-list", metavar="FILE")
+    spawning_url: str = option(SPAWNING_URL, "Spawning API endpoint; the token is read from "
+                               f"{' or '.join(TOKEN_VARIABLES)}", flag="--spawning-url")
+    spawning_retries: int = option(SpawningConfig.retries, "tries after the first on 429, 5xx and timeouts",
+                                   changes_output=False, flag="--spawning-retries")
+    spawning_backoff: float = option(SpawningConfig.backoff, "wait before the first retry, doubling after",
+                                     unit="s", changes_output=False, flag="--spawning-backoff")
+    cache: str | None = option(None, "SQLite cache of API answers on a local disk, shareable by runs "
+                               "(default: CACHE_DIR/optout.sqlite)", changes_output=False, flag="--optout-cache",
+                               metavar="PATH")
+
+
+def build_optout(options: OptOutOptions, ctx: RunContext) -> SpawningOptOutFilter:
+    if options.list:
+        if not os.path.isfile(options.list):
+            raise UsageError(f"--optout-list {options.list}: no such file")
+        checker = OptOutList(options.list)
     else:
         token = spawning_token()
         if not token:
             raise UsageError(f"step optout: set {' or '.join(TOKEN_VARIABLES)} to query the Spawning API, "
                              f"or give --optout-list FILE")
-        cache = OptOutCache(args.optout_cache or os.path.join(args.output, "cache", "optout.sqlite"))
-        config = SpawningConfig(url=args.spawning_url, token=token, retries=args.spawning_retries,
-                                backoff=args.spawning_backoff)
+        cache = OptOutCache(options.cache or os.path.join(ctx.cache_dir, "optout.sqlite"))
+        config = SpawningConfig(url=options.spawning_url, token=token, retries=options.spawning_retries,
+                                backoff=options.spawning_backoff)
         checker = SpawningOptOutChecker(config, cache)
-    return SpawningOptOutFilter(checker, exclusion_writer=writer.removal_recorder("optout"))
+    return SpawningOptOutFilter(checker, exclusion_writer=ctx.recorder("optout"))
 
 
-def images_step(args: argparse.Namespace, writer: ParquetShardWriter) -> ImageAcquisitionFilter:
-    if args.image_threads < 1:
-        raise UsageError(f"--image-threads {args.image_threads}: must be at least 1")
-    config = FetchConfig(timeout=args.image_timeout, max_bytes=args.image_max_bytes, max_side=args.image_max_side,
-                         allow_private_hosts=args.allow_private_hosts)
-    if args.images == "download":
+@dataclass
+class ImageOptions:
+    source: str = option("download", "download over HTTP(S), or join with an img2dataset download folder",
+                         path=True, flag="--images", metavar="download|PATH")
+    threads: int = option(16, "downloads in flight per task", changes_output=False, flag="--image-threads")
+    timeout: float = option(FetchConfig.timeout, "per image, all tries included", unit="s", flag="--image-timeout")
+    max_bytes: int = option(FetchConfig.max_bytes, "largest image accepted", unit="bytes", flag="--image-max-bytes")
+    max_side: int | None = option(None, "store images downscaled to this longest side (default: as downloaded)",
+                                  unit="px", flag="--image-max-side")
+    allow_private_hosts: bool | tuple[str, ...] = option(
+        False, "allow loopback and private addresses: 'all', or only the hosts listed (tests, mirrors)",
+        parse=_hosts, flag="--allow-private-hosts", metavar="all|HOST[:PORT],...")
+
+
+def build_images(options: ImageOptions, ctx: RunContext) -> ImageAcquisitionFilter:
+    if options.threads < 1:
+        raise UsageError(f"--image-threads {options.threads}: must be at least 1")
+    config = FetchConfig(timeout=options.timeout, max_bytes=options.max_bytes, max_side=options.max_side,
+                         allow_private_hosts=options.allow_private_hosts)
+    if options.source == "download":
         source = HttpImageSource(config)
     else:
-        source = Img2DatasetSource(_img2dataset_index(args.images, args.output), config.max_pixels, config.max_side)
-    return ImageAcquisitionFilter(source, threads=args.image_threads,
-                                  exclusion_writer=writer.removal_recorder("images"))
+        if not os.path.isdir(options.source):
+            raise UsageError(f"--images {options.source}: not 'download' and not a folder")
+        index = Img2DatasetIndex(options.source, os.path.join(ctx.cache_dir, "img2dataset"), options.max_bytes)
+        if problem := index.check():
+            raise UsageError(f"--images {options.source}: {problem}")
+        source = Img2DatasetSource(index, config.max_pixels, config.max_side)
+    return ImageAcquisitionFilter(source, threads=options.threads, exclusion_writer=ctx.recorder("images"))
 
 
-def _img2dataset_index(download: str, output: str) -> Img2DatasetIndex:
-    """Index the download once, before any task starts, and share the index file between tasks."""
-    if not os.path.isdir(download):
-        raise UsageError(f"--images {download}: not 'download' and not a folder")
-    index = Img2DatasetIndex(download, os.path.join(output, "cache", "img2dataset_urls.sqlite"))
-    if not index.is_current():
-        logger.info(f"Indexing the img2dataset download {download} ...")
-        report = index.build()
-        if report.tars == 0:
-            raise UsageError(f"--images {download}: no .tar shards (expected an img2dataset webdataset download)")
-        for problem in report.problems:
-            logger.warning(f"img2dataset download: {problem}")
-        logger.info(f"Indexed {report.images} images in {report.tars} tars, {report.failed_rows} failed downloads")
-    return index
+def _extension(data: bytes) -> str:
+    """The file extension of encoded image bytes, from their magic number."""
+    for magic, extension in ((b"\x89PNG", "png"), (b"GIF8", "gif"), (b"BM", "bmp"), (b"II*\x00", "tif"),
+                             (b"MM\x00*", "tif")):
+        if data.startswith(magic):
+            return extension
+    return "webp" if data[8:12] == b"WEBP" else "jpg"
+
+
+class ImageTar(TempFile):
+    """Fetched images of one shard as an img2dataset-style webdataset tar (`<key>.<ext>` + `<key>.json` with
+    `url` and `status`), so the output can itself be given to a later run as `--images PATH`."""
+
+    def __init__(self, folder: DataFolder, filename: str):
+        super().__init__(folder, filename)
+        self.tar = tarfile.open(fileobj=self.file, mode="w|")
+        self.seen: set[str] = set()
+
+    def _add(self, name: str, data: bytes) -> None:
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        self.tar.addfile(info, io.BytesIO(data))
+
+    def write(self, doc: Document, **extra) -> None:
+        for media in doc.media:
+            if media.media_bytes is None or media.url in self.seen:
+                continue
+            self.seen.add(media.url)
+            key = hashlib.sha1(media.url.encode()).hexdigest()[:20]
+            self._add(f"{key}.{_extension(media.media_bytes)}", media.media_bytes)
+            meta = {"url": media.url, "key": key, "status": "success",
+                    "sha256": hashlib.sha256(media.media_bytes).hexdigest(),
+                    **{k: media.metadata.get(k) for k in ("original_width", "original_height", "format")}}
+            self._add(f"{key}.json", json.dumps(meta).encode())
+
+    def _close(self) -> None:
+        self.tar.close()
+        super()._close()
+
+
+def image_tar(folder: DataFolder, rank: int) -> ImageTar:
+    return ImageTar(folder, f"images/{shard_name(rank)}.tar")
+
+
+OPTOUT = StepSpec("optout", build_optout, OptOutOptions, title="opt-out (step optout)")
+IMAGES = StepSpec("images", build_images, ImageOptions, title="images (step images)", expensive=True,
+                  outputs=(image_tar,))

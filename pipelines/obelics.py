@@ -11,28 +11,28 @@ from __future__ import annotations
 import sys
 
 from filters.structure import InterleavedStructureFilter
-from pipelines import consent_and_images, decontam_steps, model_steps
 from pipelines.cli import PipelineSpec, main
+from pipelines.consent_and_images import IMAGES, OPTOUT
 from pipelines.decontam_report import write_report
-from pipelines.obelics_format import OBELICS_FORMAT, OBELICS_HUB_INPUT
+from pipelines.decontam_steps import DECONTAM
+from pipelines.model_steps import NSFW, PERPLEXITY
+from pipelines.obelics_format import OBELICS_HUB_INPUT, OBELICS_SOURCE
+from pipelines.steps import StepSpec
+
+STRUCTURE = StepSpec("structure", lambda options, ctx: InterleavedStructureFilter(ctx.recorder("structure")))
 
 SPEC = PipelineSpec(
     name="obelics",
     description="Filter OBELICS (HuggingFaceM4/OBELICS) the Idefics2 way, shard by shard.",
     default_input=OBELICS_HUB_INPUT,
-    row_format=OBELICS_FORMAT,
-    steps={
-        "structure": lambda args, writer: InterleavedStructureFilter(writer.removal_recorder("structure")),
-        "optout": consent_and_images.optout_step,
-        "images": consent_and_images.images_step,
-        "perplexity": model_steps.perplexity_step,
-        "nsfw": model_steps.nsfw_step,
-        "decontam": decontam_steps.decontam_step,
-    },
-    add_arguments=lambda parser: (consent_and_images.add_arguments(parser), model_steps.add_arguments(parser),
-                                  decontam_steps.add_arguments(parser)),
-    run_options=consent_and_images.RUN_OPTIONS + model_steps.RUN_OPTIONS + decontam_steps.RUN_OPTIONS,
-    calibrations=model_steps.CALIBRATIONS,
+    source=OBELICS_SOURCE,
+    steps=(STRUCTURE, OPTOUT, IMAGES, PERPLEXITY, NSFW, DECONTAM),
+    examples=(
+        "python -m pipelines.obelics --output s3://bucket/obelics --shards 0-999 --executor slurm "
+        "--nsfw-head laion_nsfw_head.safetensors --decontam-index eval_index",
+        "python -m pipelines.obelics --input ./obelics --output ./out --steps structure,optout "
+        "--optout-list optouts.txt --shards 0-9",
+    ),
     reports=(write_report,),
 )
 

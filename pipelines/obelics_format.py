@@ -17,7 +17,7 @@ import pyarrow as pa
 from datatrove.data import Document, Media, MediaType
 
 from filters.layout import LAYOUT_ERROR_KEY, TEXTS_KEY, join_texts, layout_problem
-from pipelines.shards import RowFormat
+from pipelines.sources import ParquetSource, RowFormat
 
 OBELICS_SCHEMA = pa.schema([
     ("images", pa.list_(pa.string())),
@@ -31,23 +31,43 @@ GENERAL_METADATA_KEY = "general_metadata"
 SOURCE_KEY = "obelics_source"  # the row's original JSON strings, and the whole row if it could not be laid out
 
 
+def _loads(text: str | None, default: object) -> object:
+    """Parsed JSON; raises ValueError for text that is not JSON or nests deeper than the parser's recursion limit."""
+    if text is None:
+        return default
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
+def _bad_url(url: object) -> bool:
+    """A URL that is not a string, or holds whitespace or control characters (a newline would smuggle more URLs
+    into the opt-out service's newline-separated request body)."""
+    return not isinstance(url, str) or any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in url)
+
+
 def _parse_row(row: dict) -> tuple[list[dict | None], dict] | str:
     """The parsed per-position metadata and general metadata, or the reason the row cannot be laid out."""
     problem = layout_problem(row["images"], row["texts"])
     if problem:
         return problem
+    if any(_bad_url(url) for url in row["images"] if url is not None):
+        return "bad_image_url"
     try:
-        image_metadata = json.loads(row["metadata"]) if row["metadata"] is not None else [None] * len(row["images"])
+        image_metadata = _loads(row["metadata"], [None] * len(row["images"]))
     except (TypeError, ValueError):
         return "bad_metadata_json"
     if not isinstance(image_metadata, list) or len(image_metadata) != len(row["images"]):
         return "bad_metadata_length"
     try:
-        general = json.loads(row["general_metadata"]) if row["general_metadata"] is not None else {}
+        general = _loads(row["general_metadata"], {})
     except (TypeError, ValueError):
         return "bad_general_metadata_json"
     if not isinstance(general, dict):
         return "bad_general_metadata_json"
+    if general.get("url") is not None and _bad_url(general["url"]):
+        return "bad_document_url"
     return image_metadata, general
 
 
@@ -84,7 +104,6 @@ def _json_or_source(value: object, source: str | None, read_as: object) -> str |
     return source if read_as == value else json.dumps(value)
 
 
-
 def document_to_row(doc: Document) -> dict:
     if LAYOUT_ERROR_KEY in doc.metadata:
         return dict(doc.metadata[SOURCE_KEY])
@@ -105,3 +124,4 @@ def document_to_row(doc: Document) -> dict:
 
 
 OBELICS_FORMAT = RowFormat(schema=OBELICS_SCHEMA, to_document=row_to_document, to_row=document_to_row)
+OBELICS_SOURCE = ParquetSource(OBELICS_FORMAT)

@@ -8,11 +8,13 @@ different places, so `input == kept + sum(removed)` is a real check: a step that
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 
 from datatrove.io import DataFolder
 
 from filters.images import IMAGE_STATUS_PREFIX
+from pipelines.manifest import read_json, write_json
 from pipelines.shards import shard_name
 
 SUMMARY_FILE = "summary.json"
@@ -27,16 +29,41 @@ def _step_stats(pipeline_stats: list[dict], step: str) -> dict[str, float]:
     return {}
 
 
+def _images_removed(pipeline_stats: list[dict], writer: dict[str, float]) -> dict[str, int]:
+    """Images each step took out of the data: those it removed from documents it kept (its `images_removed`
+    stat) plus those of the documents it removed (counted by the writer's removal sink)."""
+    removed: Counter[str] = Counter()
+    for stats in pipeline_stats:
+        step = stats["name"].rsplit(": ", 1)[-1]
+        value = stats["stats"].get("images_removed")
+        if value:
+            removed[step] += int(value["total"] if isinstance(value, dict) else value)
+    for key, n in writer.items():
+        if key.startswith("removed_images/"):
+            removed[key.removeprefix("removed_images/")] += int(n)
+    return {step: n for step, n in sorted(removed.items()) if n}
+
+
 def shard_record(pipeline_stats: list[dict]) -> dict:
     reader, writer = _step_stats(pipeline_stats, "reader"), _step_stats(pipeline_stats, "writer")
     removed = {key.removeprefix("removed/"): int(n) for key, n in writer.items() if key.startswith("removed/")}
     record = {"input": int(reader.get("documents", 0)), "kept": int(writer.get("kept", 0)),
               "removed": dict(sorted(removed.items()))}
+    if images_removed := _images_removed(pipeline_stats, writer):
+        record["images_removed"] = images_removed
     images = _step_stats(pipeline_stats, "images")
     if images:  # every image the step looked at, by how it ended ("ok", "timeout", ...)
         record["images"] = {k.removeprefix(IMAGE_STATUS_PREFIX): int(n) for k, n in sorted(images.items())
                             if k.startswith(IMAGE_STATUS_PREFIX)}
     return record
+
+
+def finished_shards(logging_dir: DataFolder) -> list[int]:
+    """Every shard with a completion marker in `logging_dir`."""
+    if not logging_dir.isdir("completions"):
+        return []
+    return sorted(int(os.path.basename(p)) for p in logging_dir.list_files("completions")
+                  if os.path.basename(p).isdigit())
 
 
 def read_shard_records(logging_dir: DataFolder, shards: list[int]) -> dict[str, dict]:
@@ -53,13 +80,17 @@ def read_shard_records(logging_dir: DataFolder, shards: list[int]) -> dict[str, 
 def total(records: dict[str, dict]) -> dict:
     removed: Counter[str] = Counter()
     images: Counter[str] = Counter()
+    images_removed: Counter[str] = Counter()
     for record in records.values():
         removed.update(record["removed"])
         images.update(record.get("images", {}))
+        images_removed.update(record.get("images_removed", {}))
     result = {"input": sum(r["input"] for r in records.values()), "kept": sum(r["kept"] for r in records.values()),
               "removed": dict(sorted(removed.items()))}
     if images:
         result["images"] = dict(sorted(images.items()))
+    if images_removed:
+        result["images_removed"] = dict(sorted(images_removed.items()))
     return result
 
 
@@ -67,16 +98,15 @@ def unbalanced(record: dict) -> bool:
     return record["input"] != record["kept"] + sum(record["removed"].values())
 
 
-def update_summary(output: DataFolder, records: dict[str, dict]) -> dict:
-    """Merge `records` into the output's summary.json (every run into one output adds to it) and return it."""
-    shards: dict[str, dict] = {}
-    if output.isfile(SUMMARY_FILE):
-        with output.open(SUMMARY_FILE) as f:
-            shards = json.load(f)["shards"]
-    shards.update(records)
+def update_summary(output: DataFolder, records: dict[str, dict], logging_dir: DataFolder) -> dict:
+    """Merge `records` into the output's summary.json (every run into one output adds to it) and return it. A torn
+    summary is rebuilt from the records of every finished shard in `logging_dir`."""
+    previous = read_json(output, SUMMARY_FILE)
+    if previous is None or not isinstance(previous.get("shards"), dict):
+        previous = {"shards": read_shard_records(logging_dir, finished_shards(logging_dir))}
+    shards = {**previous["shards"], **records}
     summary = {"total": total(shards), "shards": dict(sorted(shards.items()))}
-    with output.open(SUMMARY_FILE, "w") as f:
-        json.dump(summary, f, indent=1)
+    write_json(output, SUMMARY_FILE, summary)
     return summary
 
 
@@ -89,6 +119,9 @@ def format_report(title: str, totals: dict, seconds: float | None = None) -> str
     lines.append(f"  removed  {removed:>10,}  {pct(removed)}")
     width = max((len(k) for k in totals["removed"]), default=0)
     lines += [f"    {reason:<{width}}  {count:>8,}  {pct(count)}" for reason, count in totals["removed"].items()]
+    if totals.get("images_removed"):
+        lines.append("  images removed by step: " +
+                     ", ".join(f"{step} {count:,}" for step, count in totals["images_removed"].items()))
     if totals.get("images"):
         n_images = sum(totals["images"].values())
         lines.append(f"  images   {n_images:>10,}  by status: " +
