@@ -1,17 +1,59 @@
 """Real HTTP servers on loopback for the tests: an image host with the web's bad habits, and a stand-in for the
-Spawning opt-out API that counts the calls it gets. Each runs in a thread and stops when its `with` block ends."""
+Spawning opt-out API that counts the calls it gets. Each runs in a thread and stops when its `with` block ends.
+Servers listen on a loopback address (127.0.0.1 unless told another of 127.0.0.0/8), over TLS if asked."""
 
 from __future__ import annotations
 
+import functools
 import io
 import json
+import os
+import ssl
 import struct
+import tempfile
 import threading
 import time
 import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
 
 from PIL import Image
+
+# A self-signed certificate for the name TEST_TLS_NAME only, valid 2000-2100, made once with
+#   openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=images.test ...
+#   openssl ca -selfsign -startdate 20000101000000Z -enddate 21000101000000Z (subjectAltName=DNS:images.test)
+# Test material only: it secures nothing but a loopback server during a test.
+TEST_TLS_NAME = "images.test"
+TEST_TLS_CERT = """\
+-----BEGIN CERTIFICATE-----
+MIIBdzCCAR2gAwIBAgIBATAKBggqhkjOPQQDAjAWMRQwEgYDVQQDDAtpbWFnZXMu
+dGVzdDAgFw0wMDAxMDEwMDAwMDBaGA8yMTAwMDEwMTAwMDAwMFowFjEUMBIGA1UE
+AwwLaW1hZ2VzLnRlc3QwWTATBgcqhkjOPQIBBggqhkjOPQMBBwNCAAQD2/gRbT8A
+T/9isWmqkstRO4HPzpTe9oNKCbeZi3Nam+aPnDePsgY3bimRWBMa4bu+LkcER9Su
+bs+HTKtMC7Ioo1owWDAWBgNVHREEDzANggtpbWFnZXMudGVzdDAPBgNVHRMBAf8E
+BTADAQH/MA4GA1UdDwEB/wQEAwIChDAdBgNVHQ4EFgQUBfE5RvK4mC9e9TgBovUU
+3RkpvUQwCgYIKoZIzj0EAwIDSAAwRQIge3eqeb8lJ8sUK++wIT/y3rOlKX/GJng9
+Rf7pVttLFUQCIQDW5vGWsHM0Ktj8SUahdcuMoAqD7GDNuHec+M2UDYHN+w==
+-----END CERTIFICATE-----
+"""
+TEST_TLS_KEY = """\
+-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgp/bUmLu5wIe2KUv2
+L4FNyLslnK1OrlxaF9Xr8Mb7gwqhRANCAAQD2/gRbT8AT/9isWmqkstRO4HPzpTe
+9oNKCbeZi3Nam+aPnDePsgY3bimRWBMa4bu+LkcER9Subs+HTKtMC7Io
+-----END PRIVATE KEY-----
+"""
+
+
+@functools.lru_cache(maxsize=1)
+def tls_files() -> tuple[str, str]:
+    """(certificate, key) written once to a temporary folder: the certificate doubles as the client's CA file."""
+    folder = tempfile.mkdtemp(prefix="test-tls-")
+    paths = os.path.join(folder, "cert.pem"), os.path.join(folder, "key.pem")
+    for path, text in zip(paths, (TEST_TLS_CERT, TEST_TLS_KEY)):
+        with open(path, "w") as f:
+            f.write(text)
+    return paths
 
 
 def jpeg_bytes(size: tuple[int, int] = (64, 48), color: tuple[int, int, int] = (200, 80, 40)) -> bytes:
@@ -32,9 +74,15 @@ def png_claiming(width: int, height: int) -> bytes:
 
 class _Server:
     handler: type[BaseHTTPRequestHandler]
+    address = "127.0.0.1"
+    tls = False  # serve HTTPS with the test certificate for TEST_TLS_NAME
 
     def __enter__(self):
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self.handler)
+        self.httpd = ThreadingHTTPServer((self.address, 0), self.handler)
+        if self.tls:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls_files())
+            self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
         self.httpd.daemon_threads = True
         self.httpd.handle_error = lambda request, address: None  # clients hanging up early is what we test
         self.httpd.owner = self
@@ -47,8 +95,8 @@ class _Server:
         self.httpd.shutdown()
         self.httpd.server_close()
 
-    def url(self, path: str, host: str = "127.0.0.1") -> str:
-        return f"http://{host}:{self.port}{path}"
+    def url(self, path: str, host: str | None = None) -> str:
+        return f"{'https' if self.tls else 'http'}://{host or self.address}:{self.port}{path}"
 
 
 class _ImageHandler(BaseHTTPRequestHandler):
@@ -67,6 +115,7 @@ class _ImageHandler(BaseHTTPRequestHandler):
     def do_GET(self):  # noqa: N802 - http.server's naming
         host: ImageHost = self.server.owner
         host.hits[self.path] = host.hits.get(self.path, 0) + 1
+        host.host_headers.append(self.headers.get("Host", ""))
         path = self.path.split("?")[0]
         image = host.image
         if path.startswith("/ok"):
@@ -81,6 +130,11 @@ class _ImageHandler(BaseHTTPRequestHandler):
         elif path == "/redirect-to-localhost":
             self.send_response(302)
             self.send_header("Location", f"http://localhost:{host.port}/ok.jpg")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        elif path == "/redirect":  # to the URL in ?to=, byte for byte
+            self.send_response(302)
+            self.send_header("Location", parse_qs(urlsplit(self.path).query)["to"][0])
             self.send_header("Content-Length", "0")
             self.end_headers()
         elif path == "/redirect-to-ok":
@@ -151,12 +205,15 @@ class ImageHost(_Server):
 
     handler = _ImageHandler
 
-    def __init__(self, stall_seconds: float = 3.0, latency: float = 0.0):
+    def __init__(self, stall_seconds: float = 3.0, latency: float = 0.0, address: str = "127.0.0.1",
+                 tls: bool = False):
+        self.address, self.tls = address, tls
         self.latency = latency  # seconds before answering /ok*: a stand-in for a real network's round trips
         self.image = jpeg_bytes()
         self.big_image = jpeg_bytes((640, 480), (30, 120, 200))
         self.stall_seconds = stall_seconds
         self.hits: dict[str, int] = {}
+        self.host_headers: list[str] = []  # the Host header of each request, in order
         self.bytes_streamed = 0
 
 

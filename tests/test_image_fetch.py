@@ -3,20 +3,47 @@
 from __future__ import annotations
 
 import io
+import socket
 import time
+from urllib.parse import quote
 
 import pytest
 from PIL import Image
 
+from filters import image_fetch
 from filters.image_decode import decode_image
 from filters.image_fetch import FetchConfig, ImageFetcher
-from tests.http_servers import ImageHost, jpeg_bytes
+from tests.http_servers import TEST_TLS_NAME, ImageHost, jpeg_bytes, tls_files
+
+DECOY = "127.0.0.2"  # plays a public host in the address tests: the one loopback address they allow
 
 
 @pytest.fixture(scope="module")
 def host():
     with ImageHost(stall_seconds=2.0) as server:
         yield server
+
+
+@pytest.fixture(scope="module")
+def decoy():
+    with ImageHost(address=DECOY) as server:
+        yield server
+
+
+def resolving(monkeypatch, answers: dict[str, list[str]]) -> list[str]:
+    """Make `socket.getaddrinfo` answer each name in `answers` with its addresses in turn (the last one repeats);
+    returns the names asked, in order. Other names (and addresses) resolve as usual."""
+    real, asked = socket.getaddrinfo, []
+
+    def fake(host, port, *args, **kwargs):
+        if host not in answers:
+            return real(host, port, *args, **kwargs)
+        asked.append(host)
+        turn = answers[host]
+        return real(turn.pop(0) if len(turn) > 1 else turn[0], port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", fake)
+    return asked
 
 
 @pytest.fixture
@@ -54,8 +81,50 @@ def test_slow_drip_hits_the_total_deadline(host):
 
 def test_malformed_urls_are_a_status_not_a_crash():
     fetcher = ImageFetcher(FetchConfig())
-    for url in ("http://a.example:99999/x.jpg", "http://a.example:abc/x.jpg", "http://[::1/x.jpg"):
+    for url in ("http://a.example:99999/x.jpg", "http://a.example:abc/x.jpg", "http://[::1/x.jpg",
+                "http://a.example\\b.example/x.jpg", "http://a.example\t@b.example/x.jpg",
+                "http://a.example /x.jpg", "http://a.example/x\r\nHost: b.example"):
         assert fetcher.fetch(url).status == "bad_url", url
+
+
+def test_backslash_url_cannot_reach_a_private_host(host, decoy):
+    """`http://127.0.0.1:P\\@DECOY/../x.jpg`: urllib.parse reads the host as DECOY, the HTTP client as
+    127.0.0.1 (issue 9 item 1). Refused, whether given directly or as a redirect from an allowed host."""
+    fetcher = ImageFetcher(FetchConfig(retries=0, allow_private_hosts=(DECOY,)))
+    sneaky = f"http://127.0.0.1:{host.port}\\@{DECOY}/../ok-secret.jpg"
+    direct = fetcher.fetch(sneaky)
+    redirected = fetcher.fetch(decoy.url("/redirect?to=" + quote(sneaky, safe="")))
+    assert (direct.status, redirected.status) == ("bad_url", "bad_url"), (direct.error, redirected.error)
+    assert decoy.hits.get("/redirect?to=" + quote(sneaky, safe="")) == 1
+    assert not [path for path in host.hits if "secret" in path], "the private host was reached"
+
+
+def test_dns_rebinding_connects_to_the_checked_address(decoy, monkeypatch):
+    """A name that resolves to an allowed address when checked and to a private one afterwards: the connection
+    goes to the address that was checked, with the name in the Host header; the name is resolved once."""
+    asked = resolving(monkeypatch, {"rebind.test": [DECOY, "127.0.0.1"]})
+    monkeypatch.setattr(image_fetch, "_blocked_address", lambda address: address != DECOY)  # DECOY is "public"
+    result = ImageFetcher(FetchConfig(retries=0)).fetch(f"http://rebind.test:{decoy.port}/ok-rebind.jpg")
+    assert result.status == "ok", result.error
+    assert decoy.hits.get("/ok-rebind.jpg") == 1 and decoy.host_headers[-1] == f"rebind.test:{decoy.port}"
+    assert asked == ["rebind.test"]
+    assert ImageFetcher(FetchConfig(retries=0)).fetch(f"http://rebind.test:{decoy.port}/x.jpg").status \
+        == "private_address"  # the next resolution gives 127.0.0.1: checked, and refused
+
+
+def test_https_to_the_checked_address_still_verifies_the_certificate_name(monkeypatch):
+    """Over TLS the connection goes to the checked address while SNI and the certificate check use the name."""
+    resolving(monkeypatch, {TEST_TLS_NAME: ["127.0.0.1"], "other.test": ["127.0.0.1"]})
+    with ImageHost(tls=True) as server:
+        fetcher = ImageFetcher(FetchConfig(retries=0, ca_certs=tls_files()[0], allow_private_hosts=True))
+        named = fetcher.fetch(server.url("/ok.jpg", host=TEST_TLS_NAME))
+        assert named.status == "ok", named.error
+        assert server.host_headers == [f"{TEST_TLS_NAME}:{server.port}"]
+        for url in (server.url("/ok.jpg", host="other.test"), server.url("/ok.jpg")):  # names the cert lacks
+            assert fetcher.fetch(url).status == "tls_error", url
+        untrusted = ImageFetcher(FetchConfig(retries=0, allow_private_hosts=True))  # the system's CAs only
+        assert untrusted.fetch(server.url("/ok.jpg", host=TEST_TLS_NAME)).status == "tls_error"
+        assert len(server.host_headers) == 1  # no request was sent over a connection that failed its check
 
 
 def test_private_hosts_refused_unless_allowed(host):
