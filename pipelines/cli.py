@@ -77,7 +77,7 @@ def build_parser(spec: PipelineSpec) -> argparse.ArgumentParser:
                          "local output, else ~/.cache/idefics2-recipe/<hash of OUTPUT>)")
     io.add_argument("--calibration-shards", default=None, metavar="A-B",
                     help="shards whose scores set calibrated cuts such as --ppl-drop-top (default: all input files)")
-    ExecutorOptions.add_arguments(parser)
+    ExecutorOptions.add_arguments(parser, job_name=f"idefics2-{spec.name}")
     for step in spec.steps:
         if step.options:
             add_arguments(parser, step.title or f"step {step.name}", step.options, step.prefix or step.name)
@@ -167,7 +167,7 @@ class Run:
         reader = self.spec.source.reader(self.input_path, self.files, -1 if self.args.limit is None else
                                          self.args.limit)
         return [reader, UnreadableFilter(exclusion_writer=ctx.recorder("read")),
-                *(s.build(self.options[s.name], ctx) for s in specs), writer]
+                *(s.build(self.options.get(s.name), ctx) for s in specs), writer]
 
     def manifest(self) -> dict:
         options = {"--calibration-shards": self.args.calibration_shards}
@@ -192,7 +192,8 @@ def run(spec: PipelineSpec, args: argparse.Namespace) -> int:
     run = resolve(spec, args)
     shards = parse_shard_range(args.shards, len(run.files), "--shards", f"--input {args.input}")
     output = get_datafolder(args.output)
-    logging_dir = get_datafolder(args.logging_dir or os.path.join(args.output, "logs"))
+    logging_path = args.logging_dir or os.path.join(args.output, "logs")  # a URL: the executor opens it itself
+    logging_dir = get_datafolder(logging_path)
 
     done = summaries.read_shard_records(logging_dir, list(shards))
     pending = [s for s in shards if shard_name(s) not in done]
@@ -208,8 +209,7 @@ def run(spec: PipelineSpec, args: argparse.Namespace) -> int:
     check_and_write(output, run.manifest(), shards)  # before any work, calibration included
     start = time.perf_counter()
     thresholds = calibrate(run, logging_dir, output, checked=set(pending))
-    run_executor(run.pipeline(run.steps, thresholds=thresholds), len(run.files), shards, logging_dir.path,
-                 run.executor)
+    run_executor(run.pipeline(run.steps, thresholds=thresholds), len(run.files), shards, logging_path, run.executor)
     seconds = time.perf_counter() - start
 
     records = summaries.read_shard_records(logging_dir, list(shards))

@@ -13,13 +13,8 @@ from __future__ import annotations
 
 import colorsys
 import random
-from importlib import resources
 
 from PIL import Image, ImageDraw, ImageFilter
-
-
-def model_path(name: str) -> str:
-    return str(resources.files("pipelines").joinpath("sample_data", "models", name))
 
 
 TINY_FALCON = "tiny-falcon"  # FalconForCausalLM + byte-level BPE, trained on Python's stdlib docstrings

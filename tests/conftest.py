@@ -37,10 +37,12 @@ def offline_steps() -> list[str]:
 REPO = Path(__file__).resolve().parent.parent
 
 
-def run_command(module: str, *args: str, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
-    """`python -m module args...` as a user runs it."""
+def run_command(module: str, *args: str, timeout: float = 600, env: dict | None = None,
+                cwd: Path | str = REPO) -> subprocess.CompletedProcess:
+    """`python -m module args...` as a user runs it (from the repository, or from `cwd`)."""
+    environment = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
     return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=timeout,
-                          cwd=REPO, env={**os.environ, **(env or {})})
+                          cwd=cwd, env=environment)
 
 
 def output_tables(output: Path, kind: str = "data") -> dict[str, "pq.Table"]:
