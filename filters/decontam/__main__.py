@@ -1,7 +1,12 @@
 """`python -m filters.decontam build|scan`: build a decontamination index, or check files against one.
 
     python -m filters.decontam build --output INDEX [--benchmarks vqav2,mmmu] [--from NAME=PATH ...]
-    python -m filters.decontam scan --index INDEX PATH [--json]
+    python -m filters.decontam scan --index INDEX PATH [--json] [--exit-zero]
+
+`scan` reads images, text files (.txt .md .json .jsonl) and parquet files (every image and string of every row),
+one batch at a time. Exit status: 0 nothing found, 1 matches found (0 with --exit-zero), 2 a usage error or files
+that could not be checked (each named on stderr). `build` exits 1 when some evaluation images could not be read
+(the index is written without them, each named on stderr).
 """
 
 from __future__ import annotations
@@ -13,9 +18,11 @@ import sys
 from pathlib import Path
 
 from filters.decontam.index import (
-    DEFAULT_RADIUS, IMAGE_SUFFIXES, DecontaminationIndex, build_index, items_from_hub, items_from_path,
+    DEFAULT_RADIUS, INDEX_VERSION, DecontaminationIndex, IndexBuildError, build_index, items_from_hub,
+    items_from_path,
 )
 from filters.decontam.registry import BENCHMARKS
+from filters.decontam.scan import Scan
 
 
 class UsageError(Exception):
@@ -32,10 +39,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     build.add_argument("--from", dest="sources", action="append", default=[], metavar="NAME=PATH",
                        help="a local set: parquet files and/or image files; repeatable")
     build.add_argument("--radius", type=int, default=DEFAULT_RADIUS, help="Hamming radius for perceptual matches")
-    scan = commands.add_parser("scan", help="match images and texts against an index")
+    scan = commands.add_parser("scan", help="match images, texts and parquet rows against an index")
     scan.add_argument("--index", required=True)
-    scan.add_argument("path", help="an image, a text file, or a folder of them")
+    scan.add_argument("path", help="an image, a text or parquet file, or a folder of them")
     scan.add_argument("--json", action="store_true", help="print a JSON list of matches")
+    scan.add_argument("--exit-zero", action="store_true", help="exit 0 even when matches are found")
     return parser.parse_args(argv)
 
 
@@ -62,38 +70,49 @@ def build(args: argparse.Namespace) -> int:
     try:
         meta = build_index(args.output, _sources(args), args.radius,
                            progress=lambda message: print(f"decontam: {message}", file=sys.stderr))
-    except UsageError:
-        raise
+    except IndexBuildError as error:
+        raise UsageError(f"build: {error}") from None
     except (OSError, ValueError, ConnectionError) as error:
         raise UsageError(f"build: cannot read an evaluation set ({type(error).__name__}: {error})") from None
     total = sum(b["items"] for b in meta["benchmarks"].values())
+    unreadable = sum(b["unreadable"] for b in meta["benchmarks"].values())
     print(f"decontam: index of {total:,} items from {len(meta['benchmarks'])} set(s) written to {args.output}")
+    if unreadable:
+        print(f"decontam: {unreadable:,} evaluation image(s) or file(s) could not be read and are not in the index "
+              f"(named above)", file=sys.stderr)
+        return 1
     return 0
+
+
+def _check_index(path: str) -> None:
+    meta_path = os.path.join(path, "index.json")
+    if not os.path.isfile(meta_path):
+        raise UsageError(f"--index {path}: not a decontamination index (no index.json)")
+    try:
+        with open(meta_path) as f:
+            version = json.load(f).get("version")
+    except (OSError, ValueError) as error:
+        raise UsageError(f"--index {path}: unreadable index.json ({error})") from None
+    if version != INDEX_VERSION:
+        raise UsageError(f"--index {path}: index format {version}, this version reads {INDEX_VERSION}; rebuild it "
+                         f"with python -m filters.decontam build")
 
 
 def scan(args: argparse.Namespace) -> int:
-    if not os.path.isfile(os.path.join(args.index, "index.json")):
-        raise UsageError(f"--index {args.index}: not a decontamination index (no index.json)")
+    _check_index(args.index)
     if not os.path.exists(args.path):
         raise UsageError(f"{args.path}: no such file or folder")
-    index = DecontaminationIndex(args.index)
-    root = Path(args.path)
-    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
-    rows = []
-    images = [f for f in files if f.suffix.lower() in IMAGE_SUFFIXES]
-    for file, matches in zip(images, index.match_image_bytes([f.read_bytes() for f in images])):
-        if matches is None:
-            print(f"warning: {file}: not a readable image", file=sys.stderr)
-        rows += [{"file": str(file), **m.to_json()} for m in matches or []]
-    for file in (f for f in files if f.suffix in (".txt", ".md", ".json", ".jsonl")):
-        rows += [{"file": str(file), **m.to_json()} for m in index.match_text(file.read_text(errors="replace"))]
+    warn = lambda message: print(f"warning: {message}", file=sys.stderr)  # noqa: E731
+    result = Scan(DecontaminationIndex(args.index), warn).run(args.path)
     if args.json:
-        print(json.dumps(rows, indent=1))
+        print(json.dumps(result.matches, indent=1))
     else:
-        for row in rows:
+        for row in result.matches:
             print(f"{row['file']}\t{row['benchmark']}/{row['split']}/{row['item']}\t{row['tier']}\t{row['distance']}")
-        print(f"{len(rows)} match(es) in {len(files)} file(s)", file=sys.stderr)
-    return 0
+    print(result.summary(), file=sys.stderr)
+    if result.problems:
+        return 2
+    return 1 if result.matches and not args.exit_zero else 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,6 +26,8 @@ class DecontaminationFilter(BatchedFilter):
     document (`eval_image`). A text match removes the document (`eval_text`). Every match is annotated in
     `metadata["eval_match"]`, counted as `match/<benchmark>/<tier>`, and, with `matches_folder`, written per
     shard as JSON lines (document id, image URL, benchmark, split, item, tier, distance) for the run's report.
+    Images are hashed from the task's shared working copy (`filters.pixels`), so the decode is paid once for
+    all pixel steps; an image that does not decode is kept and counted as `images_unreadable`.
     """
 
     name = "decontam"
@@ -51,7 +53,9 @@ class DecontaminationFilter(BatchedFilter):
             image_matches = self.index.match_image_bytes([m.media_bytes for _, _, m in media])
         per_doc: dict[int, dict[int, list[Match]]] = {}
         for (doc, i, _), matches in zip(media, image_matches):
-            if matches:
+            if matches is None:  # kept: the `images` step decides about broken images; counted here
+                self.stat_update("images_unreadable")
+            elif matches:
                 per_doc.setdefault(id(doc), {})[i] = matches
         return [self._judge(doc, per_doc.get(id(doc), {})) for doc in batch]
 

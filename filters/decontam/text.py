@@ -1,6 +1,6 @@
 """Question + answer n-grams: catch an evaluation item whose text was copied into training data.
 
-Text is compared as words, lower-cased, with punctuation and spacing dropped. An item is indexed by the n-word
+Text is compared as words, lower-cased, with punctuation, spacing and image placeholders dropped. An item is indexed by the n-word
 windows (n = 8, or the whole item if shorter, down to 6 words) that end inside its answer, so a match means the
 end of the question and the answer appear together, verbatim; a question template or common words alone do not
 match. Captions (no question) are indexed by all their windows.
@@ -15,10 +15,11 @@ from collections.abc import Iterator
 NGRAM_WORDS = 8
 MIN_WORDS = 6  # shorter items ("What is it? A dog.") are too common to call a match; they are counted, not indexed
 _NON_WORD = re.compile(r"[^\w]+")
+_IMAGE_MARKER = re.compile(r"<image(?:\s*\d+)?>")  # MMMU's "<image 1>" placeholders, and plain "<image>" tokens
 
 
 def words(text: str) -> list[str]:
-    return _NON_WORD.sub(" ", text.lower()).split()
+    return _NON_WORD.sub(" ", _IMAGE_MARKER.sub(" ", text).lower()).split()
 
 
 def window_hash(window: list[str]) -> int:
