@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import os
 import socket
 import struct
@@ -396,8 +397,9 @@ class _Table:
             raise Img2DatasetError(f"{path}: not an index file of this version")
         self.meta, self._layout, self._start = header["meta"], header["columns"], header["start"]
         self._columns: dict[str, np.ndarray] = {}
-        size = os.path.getsize(path)
-        self._map = np.memmap(path, np.uint8, "r") if size else np.zeros(0, np.uint8)
+        with open(path, "rb") as f:  # plain ndarrays over an mmap: numpy's memmap indexes through Python code
+            self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        size = len(self._map)
         for dtype, offset, count in self._layout.values():
             if self._start + offset + np.dtype(dtype).itemsize * count > size:
                 raise Img2DatasetError(f"{path}: shorter than its header says")
@@ -406,14 +408,13 @@ class _Table:
         column = self._columns.get(name)
         if column is None:
             dtype, offset, count = self._layout[name]
-            begin = self._start + offset
-            column = self._columns[name] = self._map[begin:begin + np.dtype(dtype).itemsize * count].view(dtype)
+            column = self._columns[name] = np.frombuffer(self._map, dtype, count, self._start + offset)
         return column
 
     def string(self, index: int) -> str:
         offsets = self.column("error_offsets")
-        blob = self.column("error_blob")
-        return bytes(blob[int(offsets[index]):int(offsets[index + 1])]).decode("utf-8", "surrogatepass")
+        return self.column("error_blob")[int(offsets[index]):int(offsets[index + 1])].tobytes().decode(
+            "utf-8", "surrogatepass")
 
 
 # building parts and buckets ---------------------------------------------------------------------------------------
@@ -542,7 +543,7 @@ class _Ready:
     set_dir: Path
     buckets: int
     shift: int
-    tars: list[str | None]
+    tars: list[str | None]  # paths, by part number
     report: IndexReport
     tables: dict[int, _Table] = field(default_factory=dict)
 
@@ -564,7 +565,9 @@ class Img2DatasetIndex:
         """A cheap pre-flight for the launcher: None, or a one-line problem."""
         if not self.download.is_dir():
             return f"{self.download}: not a folder"
-        if not any(shard.tar for shard in _list_shards(self.download)):
+        with os.scandir(self.download) as entries:  # names only: no stat of every file
+            has_tar = any(entry.name.endswith(".tar") for entry in entries)
+        if not has_tar:
             return f"{self.download}: no .tar shards (expected an img2dataset webdataset download)"
         try:
             (self.cache_dir / "parts").mkdir(parents=True, exist_ok=True)
@@ -593,14 +596,14 @@ class Img2DatasetIndex:
 
     def _read_image(self, tar: str, offset: int, size: int) -> tuple[str, bytes | None, str]:
         if size > self.max_bytes:
-            return "too_large", None, f"{size} bytes in {tar}, over the {self.max_bytes}-byte limit"
-        fd = os.open(self.download / Path(tar).name, os.O_RDONLY)
+            return "too_large", None, f"{size} bytes in {os.path.basename(tar)}, over the {self.max_bytes}-byte limit"
+        fd = os.open(tar, os.O_RDONLY)
         try:
             data = os.pread(fd, size, offset)
         finally:
             os.close(fd)
         if len(data) != size:
-            return "missing", None, f"{tar} is shorter than its index says"
+            return "missing", None, f"{os.path.basename(tar)} is shorter than its index says"
         return "ok", data, ""
 
     def report(self) -> IndexReport:
@@ -651,8 +654,8 @@ class Img2DatasetIndex:
                         f"{len(self.built) - before} of its files in {time.monotonic() - started:.1f} s")
         manifest = json.loads(done.read_text())
         buckets = manifest["buckets"]
-        return _Ready(set_dir, buckets, 64 - buckets.bit_length() + 1, manifest["tars"],
-                      IndexReport(**manifest["report"]))
+        tars = [name and os.path.join(self.download, os.path.basename(name)) for name in manifest["tars"]]
+        return _Ready(set_dir, buckets, 64 - buckets.bit_length() + 1, tars, IndexReport(**manifest["report"]))
 
     def _part_job(self, shard: _Shard, path: Path) -> _Job:
         def current() -> bool:
