@@ -222,13 +222,19 @@ class ShardRangeMixin:
         except Exception as error:  # noqa: BLE001 - one shard's failure must not take the others down
             progress.finish("failed")
             with self.logging_dir.open(error_file, "w") as f:
-                f.write(f"{type(error).__name__}: {error}".replace("\n", " ") + "\n")
+                f.write(printable(f"{type(error).__name__}: {error}".replace("\n", " ")) + "\n")
             self.failed_ranks = [*getattr(self, "failed_ranks", []), rank]
             return PipelineStats()
         progress.finish("done")
         if self.logging_dir.exists(error_file):
             self.logging_dir.rm(error_file)
         return stats
+
+
+def printable(text: str) -> str:
+    """`text` with control characters escaped: error messages quote input files, which may be hostile."""
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" if ord(c) < 256 else f"\\u{ord(c):04x}"
+                   for c in text)
 
 
 def _prepare_task_environment(settings: TaskSettings) -> None:
