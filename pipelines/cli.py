@@ -191,6 +191,7 @@ def resolve(spec: PipelineSpec, args: argparse.Namespace) -> Run:
 def run(spec: PipelineSpec, args: argparse.Namespace) -> int:
     run = resolve(spec, args)
     shards = parse_shard_range(args.shards, len(run.files), "--shards", f"--input {args.input}")
+    parse_shard_range(args.calibration_shards, len(run.files), "--calibration-shards", f"--input {args.input}")
     output = get_datafolder(args.output)
     logging_path = args.logging_dir or os.path.join(args.output, "logs")  # a URL: the executor opens it itself
     logging_dir = get_datafolder(logging_path)

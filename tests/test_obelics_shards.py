@@ -17,10 +17,10 @@ import pytest
 from tests.conftest import REPO, SAMPLE_OBELICS, offline_steps, output_tables, run_command
 
 
-def obelics(*args: str) -> subprocess.CompletedProcess:
+def obelics(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     """All steps, offline, unless `args` choose otherwise."""
     steps = [] if "--steps" in args else offline_steps()
-    return run_command("pipelines.obelics", *steps, *args)
+    return run_command("pipelines.obelics", *steps, *args, env=env)
 
 
 def assert_accounts(output: Path) -> dict:
@@ -105,7 +105,7 @@ def test_killed_run_resumes_without_duplicates_or_holes(tmp_path):
 def one_error_line(result: subprocess.CompletedProcess) -> str:
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:") or ": error: argument" in line]
     assert len(lines) == 1, result.stderr
     return lines[0]
 
@@ -120,10 +120,52 @@ def test_shard_range_past_the_last_file(tmp_path):
     assert "--shards 2-9" in line and "4 files" in line
 
 
-@pytest.mark.parametrize("flag", [["--steps", "structure,bogus"], ["--shards", "3-1"], ["--workers", "0"]])
+@pytest.mark.parametrize("flag", [["--steps", "structure,bogus"], ["--shards", "3-1"], ["--workers", "0"],
+                                  ["--limit", "0"], ["--limit", "-3"], ["--steps", ""], ["--steps", " , "],
+                                  ["--calibration-shards", "0-7"]])
 def test_bad_flags(tmp_path, flag):
     line = one_error_line(obelics("--input", SAMPLE_OBELICS, "--output", str(tmp_path / "o"), *flag))
-    assert flag[0] in line
+    assert f"{flag[0]}" in line.split(":", 2)[1 if line.startswith("error:") else 2] and "None" not in line
+    assert not (tmp_path / "o").exists()
+
+
+def test_messages_name_what_is_wrong(tmp_path):
+    line = one_error_line(obelics("--input", SAMPLE_OBELICS, "--output", str(tmp_path / "o"),
+                                  "--steps", "structure,perplexity", "--ppl-model", "/no/such/path"))
+    assert line == "error: --ppl-model /no/such/path: no such file or folder"
+    line = one_error_line(obelics("--input", SAMPLE_OBELICS, "--output", str(tmp_path / "o"), "--steps", "decontam"))
+    assert "--decontam-index" in line and "None" not in line
+    start = time.monotonic()  # a Hub id with no network fails at once, not after a minute of retries
+    line = one_error_line(obelics("--input", SAMPLE_OBELICS, "--output", str(tmp_path / "o"),
+                                  "--steps", "structure,perplexity", "--ppl-model", "no-such-org/no-such-model",
+                                  env={"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path / "hf")}))
+    assert "--ppl-model no-such-org/no-such-model" in line and time.monotonic() - start < 20
+
+
+def test_output_inside_input_or_a_file_and_slurm_without_sbatch_are_refused(tmp_path):
+    source = tmp_path / "in"
+    source.mkdir()
+    for p in Path(SAMPLE_OBELICS).glob("*.parquet"):
+        (source / p.name).write_bytes(p.read_bytes())
+    line = one_error_line(obelics("--input", str(source), "--output", str(source / "out"), "--steps", "structure"))
+    assert "--output" in line and "inside --input" in line
+    assert not (source / "out").exists()
+    (tmp_path / "a-file").write_text("x")
+    line = one_error_line(obelics("--input", str(source), "--output", str(tmp_path / "a-file"), "--steps", "structure"))
+    assert "is a file" in line
+    no_slurm = {"PATH": os.path.dirname(sys.executable)}
+    line = one_error_line(obelics("--input", str(source), "--output", str(tmp_path / "o"), "--steps", "structure",
+                                  "--executor", "slurm", env=no_slurm))
+    assert "sbatch" in line and not (tmp_path / "o").exists()
+
+
+def test_help_shows_defaults_units_environment_and_examples():
+    result = run_command("pipelines.obelics", "--help")
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())
+    for expected in ("--ppl-window", "(default: 512 tokens)", "--image-timeout", "(default: 30.0 s)",
+                     "--image-max-bytes", "SPAWNING_TOKEN", "examples:", "python -m pipelines.obelics --output"):
+        assert expected in text, expected
 
 
 def test_parquet_missing_a_column_and_unreadable_file(tmp_path):
