@@ -120,6 +120,8 @@ def _blocked_address(address: str) -> bool:
 
 def _parse_target(url: str) -> _Target:
     """The hop urllib3 will make for `url`, or `_Refused` when the URL is malformed or ambiguous."""
+    if not isinstance(url, str):
+        raise _Refused("bad_url", f"not a URL: {url!r:.100}")
     if _CONTROL.search(url):
         raise _Refused("bad_url", f"control character in {url[:100]!r}")
     try:

@@ -75,10 +75,11 @@ def png_claiming(width: int, height: int) -> bytes:
 class _Server:
     handler: type[BaseHTTPRequestHandler]
     address = "127.0.0.1"
+    port = 0  # any free port unless told one
     tls = False  # serve HTTPS with the test certificate for TEST_TLS_NAME
 
     def __enter__(self):
-        self.httpd = ThreadingHTTPServer((self.address, 0), self.handler)
+        self.httpd = ThreadingHTTPServer((self.address, self.port), self.handler)
         if self.tls:
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             context.load_cert_chain(*tls_files())
@@ -206,8 +207,8 @@ class ImageHost(_Server):
     handler = _ImageHandler
 
     def __init__(self, stall_seconds: float = 3.0, latency: float = 0.0, address: str = "127.0.0.1",
-                 tls: bool = False):
-        self.address, self.tls = address, tls
+                 tls: bool = False, port: int = 0):
+        self.address, self.tls, self.port = address, tls, port
         self.latency = latency  # seconds before answering /ok*: a stand-in for a real network's round trips
         self.image = jpeg_bytes()
         self.big_image = jpeg_bytes((640, 480), (30, 120, 200))

@@ -7,10 +7,11 @@ import socket
 import time
 from urllib.parse import quote
 
+import numpy as np
 import pytest
 from PIL import Image
 
-from filters import image_fetch
+from filters import image_fetch, pixels
 from filters.image_decode import decode_image
 from filters.image_fetch import FetchConfig, ImageFetcher
 from tests.http_servers import TEST_TLS_NAME, ImageHost, jpeg_bytes, tls_files
@@ -171,3 +172,41 @@ def test_downscale_keeps_aspect_and_uses_jpeg_draft():
 def test_body_shorter_than_announced_is_a_connection_error(host):
     fetcher = ImageFetcher(FetchConfig(retries=0, allow_private_hosts=(f"127.0.0.1:{host.port}",)))
     assert fetcher.fetch(host.url("/short-body.jpg")).status == "connection_error"
+
+
+def photo_like(size: tuple[int, int], fmt: str = "JPEG", **save) -> bytes:
+    """Noisy pixels, so that a reduced-size JPEG decode and a full decode give different working copies."""
+    rng = np.random.default_rng(sum(size))
+    buffer = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(buffer, format=fmt, **save)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("data, max_side", [
+    (photo_like((1600, 1200)), None),  # stored as downloaded: the reduced-size decode is the check
+    (photo_like((1600, 1200), progressive=True), None),
+    (photo_like((1600, 1200)), 980),  # stored downscaled, still larger than the working copy
+    (photo_like((1600, 1200)), 384),
+    (photo_like((700, 500), "PNG"), None),
+    (photo_like((300, 200)), None),
+])
+def test_decode_seeds_the_pixel_cache_with_what_a_later_step_would_decode(data, max_side):
+    """Issue 8 item 7: the pixel steps find the image the `images` step decoded (no second decode), and the
+    pixels are exactly those they would decode themselves, so a cache miss never changes a score."""
+    pixels._CACHE.clear()
+    stored = decode_image(data, max_side=max_side)
+    assert stored.status == "ok", stored.error
+    before = pixels.decodes
+    cached = pixels.working_image(stored.data)
+    assert pixels.decodes == before, "the pixel step decoded the image again"
+    fresh = pixels.decode_working(stored.data)
+    assert (cached.size, cached.mode, cached.tobytes()) == (fresh.size, fresh.mode, fresh.tobytes())
+
+
+@pytest.mark.parametrize("progressive", [False, True])
+@pytest.mark.parametrize("max_side", [None, 384])
+def test_truncated_jpeg_is_corrupt_at_any_decode_size(progressive, max_side):
+    data = photo_like((1600, 1200), progressive=progressive)
+    for cut in (0.5, 0.97):
+        result = decode_image(data[: int(len(data) * cut)], max_side=max_side)
+        assert result.status == "corrupt" and result.original_width == 1600, (cut, result.error)

@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import socket
 import tarfile
+
+import threading
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
+from datatrove.data import Document, Media, MediaType
 from PIL import Image
 
+from filters.image_decode import decode_image
+from filters.image_fetch import FetchResult
+from filters.images import ImageAcquisitionFilter, ImageNetworkOutage
 from pipelines.obelics_format import OBELICS_SCHEMA
 from tests.conftest import run_command
-from tests.http_servers import ImageHost, SpawningStandIn
+from tests.http_servers import ImageHost, SpawningStandIn, jpeg_bytes
 
 
 def row(doc: str, urls: list[str]) -> dict:
@@ -60,3 +69,117 @@ def test_download_after_optout_with_statuses_and_stored_images(tmp_path):
     assert urls == {host.url("/ok-1.jpg"), host.url("/ok-2.jpg"), host.url("/ok-3.jpg")}
     sizes = {Image.open(io.BytesIO(v)).size for k, v in members.items() if k.endswith(".jpg")}
     assert sizes == {(32, 24)}  # 64x48 stored downscaled to a 32 px longest side
+
+
+def free_loopback_port() -> int:
+    """A port with nothing listening on it (bound, then closed)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_network_outage_fails_the_shard_and_a_rerun_completes_it(tmp_path):
+    """Issue 9 item 2: with no route to the image hosts the shard fails with one line and stays undone, instead of
+    finishing with every document removed; the same command completes it once the hosts answer."""
+    port, hosts = free_loopback_port(), [f"127.0.0.{i}" for i in range(1, 6)]
+    urls = [f"http://{hosts[i % 5]}:{port}/ok-{i}.jpg" for i in range(60)]
+    source = tmp_path / "in"
+    source.mkdir()
+    pq.write_table(pa.Table.from_pylist([row(f"d{i}", [u]) for i, u in enumerate(urls)], schema=OBELICS_SCHEMA),
+                   source / "0.parquet")
+    command = ("pipelines.obelics", "--input", str(source), "--output", str(tmp_path / "out"), "--steps",
+               "structure,images", "--allow-private-hosts", "all", "--image-timeout", "1")
+    failed = run_command(*command)
+    assert failed.returncode != 0, failed.stderr[-3000:]
+    errors = [line for line in failed.stderr.splitlines() if "ImageNetworkOutage" in line]
+    assert len(errors) == 1 and errors[0].startswith("error: shard 00000 failed: ImageNetworkOutage: "), \
+        failed.stderr[-3000:]
+    assert "failed for network reasons" in errors[0] and "Traceback" not in failed.stderr
+    assert not (tmp_path / "out" / "data" / "00000.parquet").exists()
+
+    with contextlib.ExitStack() as servers:
+        for host in hosts:
+            servers.enter_context(ImageHost(address=host, port=port))
+        resumed = run_command(*command)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert pq.read_table(tmp_path / "out" / "data" / "00000.parquet").num_rows == 60
+
+
+class GatedSource:
+    """Answers at once, except `slow`, which waits until every URL has been asked for (or `patience` runs out):
+    only a step that keeps fetching past a slow URL lets it finish early."""
+
+    def __init__(self, total: int, slow: str, patience: float = 5.0):
+        self.total, self.slow, self.patience = total, slow, patience
+        self.asked: list[str] = []
+        self.all_asked = threading.Event()
+        self.lock = threading.Lock()
+        self.slow_waited_out = False
+
+    def get(self, url: str) -> FetchResult:
+        with self.lock:
+            self.asked.append(url)
+            if len(set(self.asked)) == self.total:
+                self.all_asked.set()
+        if url == self.slow:
+            self.slow_waited_out = not self.all_asked.wait(self.patience)
+        return FetchResult(url=url, status="ok", image=decode_image(jpeg_bytes()))
+
+
+def documents(urls_per_doc: list[list[str]]) -> list[Document]:
+    return [Document(text="t", id=str(i), media=[Media(id=u, type=MediaType.IMAGE, url=u) for u in urls],
+                     metadata={"texts": ["t", *[None] * len(urls)]}) for i, urls in enumerate(urls_per_doc)]
+
+
+def test_rolling_window_fetches_past_a_slow_url_and_keeps_input_order():
+    """Issue 8 item 7: later documents' downloads go on while an earlier URL is slow (a batch that waits for its
+    slowest URL never asks for the next batch, so the gate below would time out); documents leave in order."""
+    urls = [[f"https://img.example/{i}.jpg"] for i in range(200)]
+    urls[5].append("https://img.example/2.jpg")  # shared with document 2: fetched once
+    source = GatedSource(total=200, slow="https://img.example/0.jpg")
+    step = ImageAcquisitionFilter(source, threads=8)
+    out = list(step.run(iter(documents(urls))))
+    assert not source.slow_waited_out, "documents after the slow URL were not fetched while it waited"
+    assert [d.id for d in out] == [str(i) for i in range(200)]
+    assert len(source.asked) == 200 and all(m.media_bytes for d in out for m in d.media)
+
+
+def test_window_bounds_the_urls_ahead_of_the_output():
+    """Memory stays bounded: at most `window` URLs are fetched ahead of the documents already handed on."""
+    source = GatedSource(total=10_000, slow="none", patience=0)
+    step = ImageAcquisitionFilter(source, threads=4, window=20)
+    for emitted, doc in enumerate(step.run(iter(documents([[f"u{i}"] for i in range(200)]))), start=1):
+        assert len(source.asked) <= emitted + 20, (doc.id, len(source.asked))
+
+
+class FailingSource:
+    """Every URL of `failing_hosts` fails with `status`; others succeed."""
+
+    def __init__(self, failing_hosts: set[str], status: str = "connection_error"):
+        self.failing_hosts, self.status = failing_hosts, status
+
+    def get(self, url: str) -> FetchResult:
+        if url.split("/")[2] in self.failing_hosts:
+            return FetchResult(url=url, status=self.status, error="[Errno 111] Connection refused")
+        return FetchResult(url=url, status="ok", image=decode_image(jpeg_bytes()))
+
+
+@pytest.mark.parametrize("failing, status, outage", [
+    ({f"h{i}.example" for i in range(10)}, "connection_error", True),  # every host unreachable
+    ({f"h{i}.example" for i in range(10)}, "timeout", True),
+    ({f"h{i}.example" for i in range(10)}, "http_error", False),  # servers answered: not the network
+    ({f"h{i}.example" for i in range(3)}, "connection_error", False),  # 30% of fetches: the web as usual
+    ({"h0.example"}, "connection_error", False),  # one dead host, even one that serves every image
+])
+def test_outage_is_judged_on_network_failures_across_hosts(failing, status, outage):
+    hosts = [f"h{i}.example" for i in range(10)]
+    urls = [[f"http://{'h0.example' if len(failing) == 1 and i % 10 else hosts[i % 10]}/{i}.jpg"] for i in range(120)]
+    step = ImageAcquisitionFilter(FailingSource(failing, status), threads=4)
+    if outage:
+        with pytest.raises(ImageNetworkOutage, match=f"of the last .* failed for network reasons \\({status}"):
+            list(step.run(iter(documents(urls))))
+    else:
+        kept = list(step.run(iter(documents(urls))))
+        assert len(kept) == sum(u[0].split("/")[2] not in failing for u in urls)
+    unchecked = ImageAcquisitionFilter(FailingSource(failing, status), threads=4, outage=None)  # check turned off
+    assert len(list(unchecked.run(iter(documents(urls))))) == sum(u[0].split("/")[2] not in failing for u in urls)
