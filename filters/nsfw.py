@@ -1,4 +1,4 @@
-"""`nsfw`: score every image for explicit content and remove what is flagged (Idefics2/OBELICS, facts.md).
+"""`nsfw`: score every image for explicit content and remove what is flagged (Idefics2 paper, arXiv:2405.02246, section A.1.1; OBELICS paper, arXiv:2306.16527).
 
 Two backends give a score in [0, 1] per image (1 = NSFW):
   - `ImageClassifierScorer`: any transformers image-classification model; the score is the summed probability
@@ -24,7 +24,7 @@ from filters.layout import remove_images_or_document
 from filters.pixels import content_key, working_image
 
 NSFW_KEY = "nsfw_scores"  # metadata: one score per image, in media order
-LAION_SAFETY_LABELS = ("porn", "hentai", "sexy", "nsfw")  # facts.md: drawings, hentai, neutral, porn, sexy
+LAION_SAFETY_LABELS = ("porn", "hentai", "sexy", "nsfw")  # LAION-SAFETY's classes: drawings, hentai, neutral, porn, sexy
 
 
 class NsfwScorer(Protocol):
@@ -84,7 +84,7 @@ class ImageClassifierScorer(_ModelScorer):
 @dataclass
 class ClipNsfwScorer(_ModelScorer):
     head: str  # safetensors of ClipNsfwHead (see scripts/convert_laion_nsfw_head.py for LAION's Keras weights)
-    clip_model: str = "openai/clip-vit-large-patch14"  # LAION's detector embeds with CLIP ViT-L/14 (facts.md)
+    clip_model: str = "openai/clip-vit-large-patch14"  # LAION-AI/CLIP-based-NSFW-Detector embeds with CLIP ViT-L/14
     batch_size: int = 64
     device: str | None = None
 

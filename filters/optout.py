@@ -1,6 +1,6 @@
 """`optout`: remove content its owners opted out of AI training, via the Spawning API or an offline list.
 
-The API contract (facts.md): `POST {url}` with `Authorization: API <token>`, a text/plain body of URLs joined by
+The API contract (Spawning's API documentation and its `datadiligence` client): `POST {url}` with `Authorization: API <token>`, a text/plain body of URLs joined by
 newlines, answer `{"urls": [{"url", "optOut", "optIn"}, ...]}`. Answers are matched by URL, never by position;
 a lone URL is padded with an empty one, since the API wants more than one.
 """
@@ -189,7 +189,7 @@ class SpawningOptOutChecker:
 
 
 class SpawningOptOutFilter(BatchedFilter):
-    """Remove opted-out content, the Idefics2-era policy (facts.md).
+    """Remove opted-out content, the Idefics2-era policy (Idefics2 paper, arXiv:2405.02246, section A.1.1).
 
     Rules: a document whose own URL (`metadata["url"]`) is opted out is removed whole
     (`document_opted_out`); opted-out images are removed from the other documents; a document left with no

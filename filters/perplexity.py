@@ -1,4 +1,4 @@
-"""`perplexity`: score each document with a causal LM and remove the least natural text (Idefics2, facts.md).
+"""`perplexity`: score each document with a causal LM and remove the least natural text (Idefics2 paper, arXiv:2405.02246, section A.1.1).
 
 The recipe: the document's texts joined by "\n\n", tokenized without special tokens; longer than 512 tokens, a
 random contiguous 512-token window, seeded by the text itself so that every run, every sharding and every
@@ -25,7 +25,7 @@ PERPLEXITY_KEY = "perplexity"
 
 @dataclass
 class PerplexityConfig:
-    model: str = "tiiuae/falcon-rw-1b"  # the Idefics2 team's scorer (facts.md)
+    model: str = "tiiuae/falcon-rw-1b"  # the Idefics2 team's scorer (paper, section A.1.1)
     window: int = 512  # tokens; longer documents are scored on a random window of this size
     # padded tokens per forward pass (documents are grouped by length); None: 2,048 on CPU, where larger
     # batches lose to cache misses (benchmarks/perplexity_bench.py), 32,768 on GPU

@@ -10,7 +10,7 @@ from filters.layout import LAYOUT_ERROR_KEY, TEXTS_KEY, layout_texts, merge_cons
 
 
 class InterleavedStructureFilter(BaseFilter):
-    """Keep only documents that are well-formed interleaved documents (facts.md, OBELICS card and build code).
+    """Keep only documents that are well-formed interleaved documents (the `HuggingFaceM4/OBELICS` dataset card).
 
     Rules, in order:
       - the row could be read as a layout (the reader records why not: `length_mismatch`,

@@ -1,4 +1,4 @@
-"""OBELICS rows <-> Documents, losslessly (schema in facts.md, `HuggingFaceM4/OBELICS`).
+"""OBELICS rows <-> Documents, losslessly (schema: the `HuggingFaceM4/OBELICS` dataset card).
 
 A row is `images` (list of URL or null), `texts` (list of text or null), `metadata` (a JSON list, one entry per
 position: the image's metadata, null at text positions) and `general_metadata` (a JSON object: `url`,
