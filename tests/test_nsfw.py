@@ -101,31 +101,3 @@ def test_annotate_only_and_source_scores(good_jpeg):
     doc = document("1", ["a", "b"], good_jpeg)
     doc.media[0].metadata["punsafe"], doc.media[1].metadata["punsafe"] = 0.02, 0.97
     assert step.filter_batch([doc]) == [True] and doc.metadata["nsfw_scores"] == [0.02, 0.97]
-
-
-def test_keras_head_conversion_maps_shapes_and_math():
-    """Keras-ordered arrays (normalisation mean, variance, count, then kernel/bias pairs stored (in, out)) give a
-    torch head that computes what the Keras layers would."""
-    import importlib.util
-
-    import numpy as np
-    import torch
-
-    spec = importlib.util.spec_from_file_location("convert", "scripts/convert_laion_nsfw_head.py")
-    convert = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(convert)
-    rng = np.random.default_rng(0)
-    sizes = [768, 64, 512, 256, 1]
-    weights = [rng.normal(size=768).astype("f4"), rng.uniform(0.5, 2, 768).astype("f4"), np.array(1000.0)]
-    for n_in, n_out in zip(sizes, sizes[1:]):
-        weights += [rng.normal(0, 0.05, (n_in, n_out)).astype("f4"), rng.normal(0, 0.05, n_out).astype("f4")]
-    head = ClipNsfwHead(768)
-    head.load_state_dict(convert.to_state_dict(weights))
-    x = rng.normal(size=(3, 768)).astype("f4")
-    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
-    h = (unit - weights[0]) / np.sqrt(weights[1] + 1e-7)
-    for k in range(4):
-        h = h @ weights[3 + 2 * k] + weights[4 + 2 * k]
-        h = np.maximum(h, 0) if k < 3 else h
-    with torch.no_grad():
-        assert head(torch.tensor(x)).numpy() == pytest.approx(h, rel=1e-4, abs=1e-5)
