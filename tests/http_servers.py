@@ -72,6 +72,11 @@ def png_claiming(width: int, height: int) -> bytes:
         chunk(b"IEND", b"")
 
 
+class _HTTPServer(ThreadingHTTPServer):
+    request_queue_size = 128  # socketserver's 5 drops connections under a burst of concurrent downloads
+    daemon_threads = True
+
+
 class _Server:
     handler: type[BaseHTTPRequestHandler]
     address = "127.0.0.1"
@@ -79,12 +84,11 @@ class _Server:
     tls = False  # serve HTTPS with the test certificate for TEST_TLS_NAME
 
     def __enter__(self):
-        self.httpd = ThreadingHTTPServer((self.address, self.port), self.handler)
+        self.httpd = _HTTPServer((self.address, self.port), self.handler)
         if self.tls:
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             context.load_cert_chain(*tls_files())
             self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
-        self.httpd.daemon_threads = True
         self.httpd.handle_error = lambda request, address: None  # clients hanging up early is what we test
         self.httpd.owner = self
         self.port = self.httpd.server_address[1]
