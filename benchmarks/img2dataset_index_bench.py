@@ -8,6 +8,7 @@ of every row per shard, a quarter of the rows failed) is indexed by:
 Then the same mix of urls (images, failures, unknown urls) is looked up through both, image bytes read.
 
     python benchmarks/img2dataset_index_bench.py [--shards 8] [--per-shard 5000] [--workers 2]
+    python benchmarks/img2dataset_index_bench.py --extra-failed-rows 5000000   # scale: a few minutes
 """
 
 from __future__ import annotations
@@ -55,6 +56,24 @@ def make_download(folder: Path, shards: int, per_shard: int) -> list[str]:
     return urls
 
 
+def add_failed_rows(folder: Path, rows: int, per_shard: int = 500_000) -> list[str]:
+    """Parquet-only shards of failed rows (a tar-less shard is legal): index size at little generation cost."""
+    urls = []
+    for first in range(0, rows, per_shard):
+        batch = [f"https://failed{n % 991}.example/{n}/image.jpg" for n in range(first, min(rows, first + per_shard))]
+        pq.write_table(pa.table({"url": batch, "status": ["failed_to_download"] * len(batch),
+                                 "error_message": [f"HTTP Error {400 + n % 20}" for n in range(len(batch))]}),
+                       folder / f"failed{first // per_shard:05d}.parquet")
+        urls += batch
+    return urls
+
+
+def private_mib() -> int:
+    """Anonymous resident memory: what a process holds itself, not the page cache of files it maps."""
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("RssAnon:")) // 1024
+
+
 def old_index_class(rev: str):
     source = subprocess.run(["git", "show", f"{rev}:filters/img2dataset_index.py"], capture_output=True, text=True,
                             cwd=Path(__file__).resolve().parent.parent)
@@ -100,12 +119,21 @@ def lookups_per_second(index, urls: list[str]) -> float:
     return len(urls) / (time.perf_counter() - started)
 
 
+def lookup_line(name: str, index, queries: list[str], baseline: float | None = None) -> float:
+    before = private_mib()
+    rate = lookups_per_second(index, queries)
+    ratio = f"  ({rate / baseline:4.2f}x)" if baseline else ""
+    print(f"lookups, {name:<20}: {rate:9,.0f} /s{ratio:9}  private memory {before} -> {private_mib()} MiB")
+    return rate
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shards", type=int, default=8)
     parser.add_argument("--per-shard", type=int, default=5000)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--lookups", type=int, default=20000)
+    parser.add_argument("--extra-failed-rows", type=int, default=0, help="parquet-only failed rows, for scale")
     parser.add_argument("--old-rev", default=OLD_REV)
     args = parser.parse_args()
     old_class = old_index_class(args.old_rev)
@@ -113,7 +141,9 @@ def main() -> None:
         tmp = Path(tmp)
         (tmp / "download").mkdir()
         urls = make_download(tmp / "download", args.shards, args.per_shard)
-        print(f"{args.shards} tars, {len(urls):,} rows ({len(urls) * 3 // 4:,} images); wall times depend on what "
+        urls += add_failed_rows(tmp / "download", args.extra_failed_rows)
+        print(f"{args.shards} tars, {len(urls):,} rows ({args.shards * args.per_shard * 3 // 4:,} images); "
+              f"wall times depend on what "
               f"else runs, CPU seconds of the busiest worker are the wall time when each worker has its own core")
 
         old = old_class(str(tmp / "download"), str(tmp / "old.sqlite"))
@@ -132,9 +162,11 @@ def main() -> None:
                    for n in range(args.lookups)]
         new = Img2DatasetIndex(str(tmp / "download"), str(tmp / f"cache{args.workers}"))
         assert all(old.lookup(url) == new.lookup(url) for url in queries[:2000]), "old and new disagree"
-        old_rate, new_rate = lookups_per_second(old, queries), lookups_per_second(new, queries)
-        print(f"lookups, old SQLite          : {old_rate:9,.0f} /s")
-        print(f"lookups, ours (memory-mapped): {new_rate:9,.0f} /s  ({new_rate / old_rate:4.2f}x; same answers)")
+        old_rate = lookup_line("old SQLite", old, queries)
+        lookup_line("ours (memory-mapped)", new, queries, old_rate)
+        old_mb = (tmp / "old.sqlite").stat().st_size / 1e6
+        new_mb = sum(p.stat().st_size for p in (tmp / f"cache{args.workers}").rglob("*") if p.is_file()) / 1e6
+        print(f"index on disk: old {old_mb:,.0f} MB, ours {new_mb:,.0f} MB (parts and buckets); same answers")
 
 
 if __name__ == "__main__":

@@ -170,7 +170,7 @@ def scan_tar(f: BinaryIO, file_size: int) -> Iterator[TarMember]:
                 problem = f"extended header of {size} bytes, over the {HEADER_MAX_BYTES} limit (not read)"
             pending.update(records or {})
         elif kind not in (b"g", b"K"):  # global pax headers and GNU long link names change nothing we use
-            size = int(pending.get("size", size))
+            size = size if kind in _NO_DATA_TYPES else int(pending.get("size", size))
             if data + size > file_size:
                 raise TarError(f"truncated: {pending.get('path') or _header_name(header)} is cut short")
             sparse = any(key.startswith("GNU.sparse.") for key in pending)
@@ -243,13 +243,15 @@ def url_hash(url: str) -> bytes:
 
 
 class _Problems:
-    def __init__(self, where: str):
-        self.where, self.counts, self.lines = where, Counter(), []
+    """Every problem counted by kind; the first lines (each naming its file) kept as examples."""
+
+    def __init__(self):
+        self.counts, self.lines = Counter(), []
 
     def add(self, kind: str, line: str) -> None:
         self.counts[kind] += 1
         if len(self.lines) < MAX_PROBLEM_LINES:
-            self.lines.append(f"{self.where}: {line}")
+            self.lines.append(line)
 
 
 class _Entries:
@@ -321,14 +323,16 @@ def _is_text(schema: pa.Schema, *names: str) -> bool:
 
 def _index_tar(path: Path, entries: _Entries, problems: _Problems, heartbeat: Callable[[], None]) -> int:
     count = 0
-    with open(path, "rb", buffering=1 << 18) as f:
-        try:
-            for number, (key, sample) in enumerate(_samples(scan_tar(f, os.fstat(f.fileno()).st_size))):
+    try:
+        with open(path, "rb", buffering=1 << 18) as f:
+            for number, (_, sample) in enumerate(_samples(scan_tar(f, os.fstat(f.fileno()).st_size))):
                 count += _index_sample(f, path.name, sample, entries, problems)
                 if number % 1024 == 0:
                     heartbeat()
-        except TarError as error:
-            problems.add("truncated_or_corrupt_tar", f"{path.name}: {error} (indexed {count} images before)")
+    except TarError as error:
+        problems.add("truncated_or_corrupt_tar", f"{path.name}: {error} (indexed {count} images before)")
+    except OSError as error:
+        problems.add("unreadable_tar", f"{path.name}: {error.strerror or error} (indexed {count} images before)")
     return count
 
 
@@ -449,7 +453,7 @@ def _list_shards(download: Path) -> list[_Shard]:
 
 
 def _build_part(download: Path, shard: _Shard, path: Path, heartbeat: Callable[[], None]) -> None:
-    problems = _Problems(shard.stem)
+    problems = _Problems()
     entries = _Entries(problems)
     failed = _index_parquet(download / shard.parquet[0], entries, problems) if shard.parquet else 0
     images = _index_tar(download / shard.tar[0], entries, problems, heartbeat) if shard.tar else 0
@@ -468,7 +472,7 @@ def _build_bucket(parts: list[tuple[Path, list]], bucket: int, shift: int, path:
     for number, (part_path, fingerprint) in enumerate(parts):
         table = _Table(part_path)
         if table.meta["fingerprint"] != fingerprint:
-            raise Img2DatasetError(f"{fingerprint[2] or fingerprint[3]}: changed while the index was being built")
+            raise Img2DatasetError(f"img2dataset shard {fingerprint[1]}: changed while the index was being built")
         h1 = table.column("h1")
         low = int(np.searchsorted(h1, np.uint64(bucket << shift))) if shift < 64 else 0
         high = int(np.searchsorted(h1, np.uint64((bucket + 1) << shift))) if (bucket + 1) << shift < 1 << 64 else len(h1)
