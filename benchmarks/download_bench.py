@@ -87,7 +87,7 @@ def main() -> None:
         stalls = set(random.Random(0).sample(range(args.images), round(args.images * args.stall_rate)))
         print(f"{args.images} JPEGs of {len(host.image) / 1024:.0f} KB from 127.0.0.1, {len(stalls)} of them "
               f"stalling past the {args.timeout:g} s timeout, {args.latency * 1000:.0f} ms latency, "
-              f"{args.threads} threads\n")
+              f"{args.threads} threads, rolling window {make_step(host, args).window} URLs\n")
         best = {"batch-wait": 0.0, "rolling": 0.0}
         for repeat in range(args.repeats):
             kept = {}

@@ -186,8 +186,10 @@ class ImageAcquisitionFilter(BatchedFilter):
         super().__init__(exclusion_writer, batch_size=batch_size)
         self.source = source
         self.threads = threads
-        # hides one URL that stalls for its 10 s read timeout while 16 threads fetch typical images (~0.3 s)
-        self.window = window or 32 * threads
+        # 256 for 16 threads: covers a 10 s stall (the read timeout) at the ~20 images/s that 16 threads reach
+        # when 5% of URLs stall, and stays within what `filters.pixels` keeps (~400 working copies), so the pixel
+        # steps downstream still find the images this step decoded
+        self.window = window or 16 * threads
         self.outage = outage
         self._pool: ThreadPoolExecutor | None = None
         self._guard: _OutageGuard | None = None

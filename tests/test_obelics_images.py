@@ -137,7 +137,7 @@ def test_rolling_window_fetches_past_a_slow_url_and_keeps_input_order():
     urls = [[f"https://img.example/{i}.jpg"] for i in range(200)]
     urls[5].append("https://img.example/2.jpg")  # shared with document 2: fetched once
     source = GatedSource(total=200, slow="https://img.example/0.jpg")
-    step = ImageAcquisitionFilter(source, threads=8)
+    step = ImageAcquisitionFilter(source, threads=8, window=256)
     out = list(step.run(iter(documents(urls))))
     assert not source.slow_waited_out, "documents after the slow URL were not fetched while it waited"
     assert [d.id for d in out] == [str(i) for i in range(200)]
