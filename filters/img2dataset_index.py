@@ -312,7 +312,8 @@ def _index_parquet(path: Path, entries: _Entries, problems: _Problems) -> int:
                     entries.add(url, FAILED, error=(message[0] if message else None) or status or "")
                     count += 1
     except Exception as error:  # noqa: BLE001 - any pyarrow failure: report it and index the tar anyway
-        problems.add("unreadable_parquet", f"{path.name}: unreadable after {count} failed rows ({type(error).__name__})")
+        problems.add("unreadable_parquet",
+                     f"{path.name}: unreadable after {count} failed rows ({type(error).__name__})")
     return count
 
 
@@ -474,8 +475,8 @@ def _build_bucket(parts: list[tuple[Path, list]], bucket: int, shift: int, path:
         if table.meta["fingerprint"] != fingerprint:
             raise Img2DatasetError(f"img2dataset shard {fingerprint[1]}: changed while the index was being built")
         h1 = table.column("h1")
-        low = int(np.searchsorted(h1, np.uint64(bucket << shift))) if shift < 64 else 0
-        high = int(np.searchsorted(h1, np.uint64((bucket + 1) << shift))) if (bucket + 1) << shift < 1 << 64 else len(h1)
+        low, high = (int(np.searchsorted(h1, np.uint64(edge))) if edge < 1 << 64 else len(h1)
+                     for edge in (bucket << shift, (bucket + 1) << shift))
         if low < high:
             piece = {name: np.array(table.column(name)[low:high]) for name in ("h1", "h2", "offset", "size", "status")}
             local = np.array(table.column("error")[low:high])
