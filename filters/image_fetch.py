@@ -109,12 +109,20 @@ class _Retryable(_Refused):
     """A refusal worth another try (429, 5xx)."""
 
 
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")  # RFC 6052: the IPv4 address is the last 32 bits
+_IPV4_COMPATIBLE = ipaddress.ip_network("::/96")  # deprecated (RFC 4291), ditto
+
+
 def _blocked_address(address: str) -> bool:
     """Anything not globally routable: loopback, private, link-local, shared (100.64/10, where some clouds keep
-    their metadata service), reserved, unspecified, and multicast."""
+    their metadata service), reserved, unspecified, and multicast; an IPv6 address that carries an IPv4 one
+    (mapped, 6to4, NAT64, IPv4-compatible) is judged by the IPv4 address it leads to."""
     ip = ipaddress.ip_address(address.split("%")[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip in _NAT64 or (ip in _IPV4_COMPATIBLE and int(ip) > 1):
+            ip = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+        else:
+            ip = ip.ipv4_mapped or ip.sixtofour or ip
     return not ip.is_global or ip.is_multicast
 
 

@@ -133,7 +133,8 @@ def test_private_hosts_refused_unless_allowed(host):
     assert ImageFetcher(FetchConfig(allow_private_hosts=True)).fetch(host.url("/redirect-to-localhost")).status == "ok"
     assert ImageFetcher(FetchConfig()).fetch("ftp://example.org/a.jpg").status == "bad_scheme"
     assert ImageFetcher(FetchConfig()).fetch("http://[::1]/a.jpg").status == "private_address"
-    for address in ("100.100.100.200", "169.254.169.254", "10.1.2.3", "0.0.0.0", "224.0.0.1"):
+    for address in ("100.100.100.200", "169.254.169.254", "10.1.2.3", "0.0.0.0", "224.0.0.1", "[::ffff:127.0.0.1]",
+                    "[64:ff9b::a01:203]", "[2002:a01:203::1]", "[::127.0.0.1]", "[fe80::1]", "[fc00::1]"):
         assert ImageFetcher(FetchConfig()).fetch(f"http://{address}/a.jpg").status == "private_address", address
 
 
