@@ -272,8 +272,10 @@ def test_scan_streams_large_images(image_index, tmp_path):
     base = images[0].resize((4000, 3000))
     for number in range(24):
         base.rotate(number, fillcolor=(number, 0, 0)).save(folder / f"{number:02d}.jpg", quality=80)
-    code = ("import resource, sys; from filters.decontam.__main__ import main; status = main(sys.argv[1:]); "
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024, status)")
+    # VmHWM: this process's peak resident memory (ru_maxrss would carry the forking parent's peak over exec)
+    code = ("import re, sys; from filters.decontam.__main__ import main; status = main(sys.argv[1:]); "
+            "peak = re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1); "
+            "print(int(peak) // 1024, status)")
     result = subprocess.run([sys.executable, "-c", code, "scan", "--index", index.path, str(folder)],
                             capture_output=True, text=True, cwd=REPO, timeout=300)
     peak_mb, status = map(int, result.stdout.splitlines()[-1].split())
