@@ -102,6 +102,7 @@ def test_network_outage_fails_the_shard_and_a_rerun_completes_it(tmp_path):
             servers.enter_context(ImageHost(address=host, port=port))
         resumed = run_command(*command)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "1 to run, 0 already done" in resumed.stderr  # the failed shard was not marked done
     assert pq.read_table(tmp_path / "out" / "data" / "00000.parquet").num_rows == 60
 
 
