@@ -1,4 +1,6 @@
-"""The OBELICS pipeline on a real Slurm cluster and a real Ray cluster gives the local executor's files.
+"""The pipelines on a real Slurm cluster and a real Ray cluster: the local executor's files, a failed shard that
+Slurm sees as a failed array task, detached and split submissions followed with `pipelines.status`, and every
+task's IDEFICS2_TASK_CPUS.
 
 `.ci/run` starts both (and sets IDEFICS2_REQUIRE_CLUSTERS=1, so a cluster that is missing fails here);
 elsewhere these tests skip when no cluster is reachable.
@@ -7,13 +9,22 @@ elsewhere these tests skip when no cluster is reachable.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
-from tests.conftest import SAMPLE_OBELICS, offline_steps, run_command, skip_or_fail
+from pipelines.executors import ExecutorOptions, run_executor
+from tests.conftest import REPO, SAMPLE_OBELICS, offline_steps, run_command, skip_or_fail
+from tests.test_executors import RecordTaskCpus
+from tests.test_status import corrupt_copy
+
+SLURM_FLAGS = ("--executor", "slurm", "--slurm-time", "00:10:00", "--slurm-mem-per-cpu-gb", "1")
 
 
 @pytest.fixture(scope="module")
@@ -40,13 +51,41 @@ def slurm_node_idle() -> bool:
     return "idle" in states or "mixed" in states
 
 
-@pytest.mark.slurm
-def test_slurm_executor_matches_local(local_output, tmp_path):
+@pytest.fixture
+def slurm():
     if not slurm_node_idle():
         skip_or_fail("no Slurm cluster with an idle node (`.ci/slurm-up.sh` starts one)")
+
+
+def submitted_jobs(output: Path) -> list[str]:
+    return json.loads((output / "logs" / "slurm_jobs.json").read_text())["job_ids"]
+
+
+def wait_for_queue_to_empty(job_ids: list[str], timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        queue = subprocess.run(["squeue", "-h", "-o", "%F"], capture_output=True, text=True).stdout.split()
+        if not set(job_ids) & set(queue):
+            return
+        time.sleep(1)
+    pytest.fail(f"Slurm jobs {job_ids} still queued after {timeout} s")
+
+
+def array_task_states(job_id: str) -> dict[int, tuple[str, str]]:
+    """Array index -> (JobState, ExitCode) from `scontrol show job` (this CI cluster has no accounting database
+    for `sacct`; scontrol keeps finished jobs for MinJobAge = 300 s)."""
+    shown = subprocess.run(["scontrol", "-o", "show", "job", job_id], capture_output=True, text=True, check=True)
+    states = {}
+    for line in shown.stdout.splitlines():
+        fields = dict(item.split("=", 1) for item in line.split() if "=" in item)
+        states[int(fields["ArrayTaskId"])] = (fields["JobState"], fields["ExitCode"])
+    return states
+
+
+@pytest.mark.slurm
+def test_slurm_executor_matches_local(slurm, local_output, tmp_path):
     result = run_command("pipelines.obelics", *offline_steps(), "--input", SAMPLE_OBELICS, "--output", str(tmp_path),
-                         "--executor", "slurm", "--slurm-time", "00:10:00", "--slurm-mem-per-cpu-gb", "1",
-                         timeout=300)
+                         *SLURM_FLAGS, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "logs" / "launch_script.slurm").exists()
     assert_same_outputs(local_output, tmp_path)
@@ -55,13 +94,95 @@ def test_slurm_executor_matches_local(local_output, tmp_path):
     assert again.returncode == 0 and "nothing to run" in again.stderr
 
 
-@pytest.mark.ray
-def test_ray_executor_matches_local(local_output, tmp_path):
+@pytest.mark.slurm
+def test_a_failed_shard_fails_its_array_task(slurm, tmp_path):
+    source = tmp_path / "in"
+    shutil.copytree(SAMPLE_OBELICS, source)
+    broken = sorted(source.glob("*.parquet"))[2]
+    corrupt_copy(Path(SAMPLE_OBELICS) / broken.name, broken)
+    output = tmp_path / "out"
+    result = run_command("pipelines.obelics", "--input", str(source), "--output", str(output), "--steps",
+                         "structure", *SLURM_FLAGS, timeout=300)
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "error: shard 00002 failed: ShardInputError" in result.stderr
+    [job] = submitted_jobs(output)
+    ranks = json.loads((output / "logs" / "ranks_to_run.json").read_text())  # array index -> shard
+    by_shard = {ranks[index]: state for index, state in array_task_states(job).items()}
+    assert by_shard == {0: ("COMPLETED", "0:0"), 1: ("COMPLETED", "0:0"), 2: ("FAILED", "1:0"),
+                        3: ("COMPLETED", "0:0")}
+
+
+@pytest.mark.slurm
+def test_detached_split_submission_followed_with_status_and_resumed(slurm, tmp_path):
+    """Four shards in arrays of at most two: two jobs submitted at once. A job holding the whole node keeps them
+    pending while the command returns, a second submission is refused and status says pending."""
+    output = tmp_path / "out"
+    command = ("pipelines.obelics", "--input", SAMPLE_OBELICS, "--output", str(output), "--steps", "structure",
+               *SLURM_FLAGS, "--slurm-max-array-size", "2", "--detach")
+    blocker = subprocess.run(["sbatch", "--parsable", "--exclusive", "--time", "00:10:00", "--wrap", "sleep 300"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    try:
+        result = run_command(*command, timeout=120)
+        assert result.returncode == 0, result.stderr[-3000:]
+        jobs = submitted_jobs(output)
+        assert len(jobs) == 2
+        assert f"submitted Slurm jobs {','.join(jobs)}: 4 shard(s) of 0-3" in result.stderr
+        assert f"follow: python -m pipelines.status {output}" in result.stderr
+        assert "run the same command again" in result.stderr
+        again = run_command(*command)
+        assert again.returncode == 2 and "are still queued or running" in again.stderr, again.stderr[-2000:]
+        pending = run_command("pipelines.status", str(output))
+        assert pending.returncode == 3 and "  pending         4" in pending.stdout, pending.stdout
+        assert f"Slurm job(s) {','.join(jobs)} still queued or running" in pending.stdout
+    finally:
+        subprocess.run(["scancel", blocker], check=True)
+    wait_for_queue_to_empty(jobs)
+    done = run_command("pipelines.status", str(output))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert json.loads((output / "summary.json").read_text())["total"]["input"] == 200
+    resumed = run_command(*command)
+    assert resumed.returncode == 0 and "nothing to run" in resumed.stderr, resumed.stderr[-2000:]
+
+
+@pytest.mark.slurm
+def test_slurm_tasks_get_their_cpus(slurm, tmp_path, monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", str(REPO))  # the job unpickles this test module's step
+    seen = tmp_path / "seen"
+    seen.mkdir()
+    run_executor([RecordTaskCpus(str(seen))], world_size=1, shards=range(0, 1), logging_dir=str(tmp_path / "logs"),
+                 options=ExecutorOptions(executor="slurm", slurm_cpus_per_task=2, slurm_time="00:10:00",
+                                         slurm_mem_per_cpu_gb=1))
+    assert (seen / "0").read_text() == "2"
+
+
+@pytest.fixture
+def ray_address():
     if importlib.util.find_spec("ray") is None:
         skip_or_fail("ray is not installed (pip install -e '.[ray]')")
-    address = os.environ.get("IDEFICS2_TEST_RAY_ADDRESS")  # .ci/run starts a cluster and sets "auto"
-    extra = ["--ray-address", address] if address else []
+    return os.environ.get("IDEFICS2_TEST_RAY_ADDRESS")  # .ci/run starts a cluster and sets "auto"
+
+
+@pytest.mark.ray
+def test_ray_executor_matches_local(ray_address, local_output, tmp_path):
+    extra = ["--ray-address", ray_address] if ray_address else []
     result = run_command("pipelines.obelics", *offline_steps(), "--input", SAMPLE_OBELICS, "--output", str(tmp_path),
                          "--executor", "ray", *extra, timeout=300, env={"RAY_AUTH_MODE": "disabled"})
     assert result.returncode == 0, result.stderr[-3000:]
     assert_same_outputs(local_output, tmp_path)
+
+
+@pytest.mark.ray
+def test_ray_tasks_get_their_cpus(ray_address, tmp_path, monkeypatch):
+    import ray.cloudpickle
+
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    ray.cloudpickle.register_pickle_by_value(sys.modules[RecordTaskCpus.__module__])  # workers need not import it
+    try:
+        seen = tmp_path / "seen"
+        seen.mkdir()
+        run_executor([RecordTaskCpus(str(seen))], world_size=1, shards=range(0, 1),
+                     logging_dir=str(tmp_path / "logs"),
+                     options=ExecutorOptions(executor="ray", ray_address=ray_address, ray_cpus_per_task=2))
+    finally:
+        ray.cloudpickle.unregister_pickle_by_value(sys.modules[RecordTaskCpus.__module__])
+    assert (seen / "0").read_text() == "2"
