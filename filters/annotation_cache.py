@@ -4,9 +4,10 @@ A step that scores (perplexity, NSFW) loads its shard's scores at the start of a
 not there. Keys are content hashes (of the scored token window, of the image bytes); the folder is chosen by the
 caller from the model's identity, so another model never reads these scores. New scores are saved as they are
 computed, in small part files (`NNNNN/part-000001.parquet`), so a task killed part-way keeps what it scored; the
-task compacts them into `NNNNN.parquet` when it finishes. A calibrated cut reads every shard's scores to set its
-threshold; the filtering pass then reuses them. Each file has one writer (the shard's task), so the folder can
-live on any fsspec filesystem.
+task compacts them into `NNNNN.parquet` when it finishes. A calibrated cut needs one score per document (or per
+image), duplicates included, so each finished task also writes the scores of what it judged, in order
+(`NNNNN.judged.parquet`); the cut is read off those, and the filtering pass reuses the keyed scores. Each file
+has one writer (the shard's task), so the folder can live on any fsspec filesystem.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ class ShardScoreCache:
 
     def _files(self, folder: DataFolder, shard: int) -> list[str]:
         name = shard_name(shard)
-        files = [f"{name}.parquet"] if folder.isfile(f"{name}.parquet") else []
+        files = [f"{name}.parquet"] if folder.isfile(f"{name}.parquet") else []  # not NNNNN.judged.parquet
         if folder.isdir(name):
             files += sorted(p for p in folder.list_files(name) if p.endswith(".parquet"))
         return files
@@ -71,18 +72,21 @@ class ShardScoreCache:
         for part in parts:
             folder.rm(part)
 
+    def save_judged(self, shard: int, values: list[float]) -> None:
+        """The score of every document (or image) the shard's task judged, duplicates included."""
+        table = pa.table({"value": pa.array(values, type=pa.float64())})
+        with write_atomically(get_datafolder(self.folder), f"{shard_name(shard)}.judged.parquet") as f:
+            pq.write_table(table, f)
+
     def values(self, shards: list[int]) -> Iterator[np.ndarray]:
-        """Each shard's scores as an array, one shard at a time (memory flat in the number of shards)."""
+        """Each finished shard's judged scores as an array, one shard at a time (memory flat in the number of
+        shards)."""
         folder = get_datafolder(self.folder)
         for shard in shards:
-            chunks = []
-            for name in self._files(folder, shard):
+            name = f"{shard_name(shard)}.judged.parquet"
+            if folder.isfile(name):
                 with folder.open(name, "rb") as f:
-                    table = pq.read_table(f)
-                chunks.append(dict(zip(table.column("key").to_pylist(), table.column("value").to_numpy())))
-            merged = {k: v for chunk in chunks for k, v in chunk.items()}  # a key is counted once
-            if merged:
-                yield np.fromiter(merged.values(), dtype=np.float64, count=len(merged))
+                    yield pq.read_table(f).column("value").to_numpy()
 
 
 class ScoringFilter(BatchedFilter):
@@ -96,10 +100,15 @@ class ScoringFilter(BatchedFilter):
         self.cache = cache
         self._scores: dict[str, float] = {}
         self._new: dict[str, float] = {}
+        self._judged: list[float] = []
         self._rank = 0
 
     def __getstate__(self) -> dict:  # a fresh task starts with no scores in memory
-        return {**self.__dict__, "_scores": {}, "_new": {}}
+        return {**self.__dict__, "_scores": {}, "_new": {}, "_judged": []}
+
+    def judged(self, score: float) -> None:
+        """Record the score of one judged document or image, for calibrated cuts."""
+        self._judged.append(score)
 
     def add_scores(self, scores: dict[str, float]) -> None:
         self._scores.update(scores)
@@ -109,10 +118,12 @@ class ScoringFilter(BatchedFilter):
             self._new = {}
 
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
-        self._rank, self._new = rank, {}
+        self._rank, self._new, self._judged = rank, {}, []
         self._scores = self.cache.load(rank) if self.cache else {}
         loaded = len(self._scores)
         yield from super().run(data, rank, world_size)
-        if self.cache and (len(self._scores) > loaded or self.cache.has_parts(rank)):
-            self.cache.compact(rank, self._scores)
-        self._new = {}
+        if self.cache:
+            if len(self._scores) > loaded or self.cache.has_parts(rank):
+                self.cache.compact(rank, self._scores)
+            self.cache.save_judged(rank, self._judged)
+        self._new, self._judged = {}, []

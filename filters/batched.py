@@ -27,11 +27,12 @@ class BatchedFilter(BaseFilter):
                 with self.track_time("batch" if self.batch_size > 1 else None):
                     results = self.filter_batch(batch)
                 for doc, before, result in zip(batch, images_before, results):
-                    if before > len(doc.media):
-                        self.stat_update("images_removed", value=before - len(doc.media))
-                    yield from self._route(doc, result, writer, rank)
+                    yield from self.route(doc, result, writer, rank, before)
 
-    def _route(self, doc: Document, result, writer, rank: int) -> DocumentsPipeline:
+    def route(self, doc: Document, result, writer, rank: int, images_before: int) -> DocumentsPipeline:
+        """Forward or record one judged document, with datatrove's stats; count the images the judgment removed."""
+        if images_before > len(doc.media):
+            self.stat_update("images_removed", value=images_before - len(doc.media))
         self.stat_update(StatHints.total)
         keep, reason = get_filter_result(result)
         if keep:

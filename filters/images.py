@@ -12,9 +12,7 @@ from typing import Protocol
 from urllib.parse import urlsplit
 
 from datatrove.data import Document, DocumentsPipeline
-from datatrove.pipeline.filters.base_filter import get_filter_result
 from datatrove.pipeline.writers.disk_base import DiskWriter
-from datatrove.utils.typeshelper import StatHints
 
 from filters.batched import BatchedFilter
 from filters.image_decode import DEFAULT_MAX_PIXELS, decode_image
@@ -231,21 +229,9 @@ class ImageAcquisitionFilter(BatchedFilter):
         with self.track_time():
             doc, results, finished = window.pop()
             self._record(finished)
+            images_before = len(doc.media)
             verdict = self._apply(doc, results)
-        self.stat_update(StatHints.total)
-        keep, reason = get_filter_result(verdict)
-        if keep:
-            self.stat_update(StatHints.forwarded)
-            self.update_doc_stats(doc)
-            yield doc
-            return
-        self.stat_update(StatHints.dropped)
-        if reason:
-            self.stat_update(f"dropped_{reason}")
-        if writer:
-            if reason:
-                doc.metadata["filter_reason"] = reason
-            writer.write(doc, rank)
+        yield from self.route(doc, verdict, writer, rank, images_before)
 
     def filter_batch(self, batch: list[Document]) -> list[bool | tuple[bool, str]]:
         """The same judgement for a batch (datatrove's `filter_batch`/`filter` API); `run` does not use it."""

@@ -58,9 +58,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from datatrove.utils.logging import logger
 
+from filters.image_decode import IMAGE_EXTENSIONS
 from filters.image_fetch import FetchConfig
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 INDEX_VERSION = 2
 SIDECAR_MAX_BYTES = 1 << 20  # img2dataset's sidecars are well under 1 KiB; larger ones are skipped unread
 HEADER_MAX_BYTES = 1 << 20  # pax and GNU long-name headers: a name, not a payload

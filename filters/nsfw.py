@@ -163,13 +163,16 @@ class NsfwFilter(ScoringFilter):
         return [self._judge(doc, doc_keys) for doc, doc_keys in zip(batch, keys)]
 
     def _key(self, media: Media) -> str:
-        """Images are scored by content: two copies of an image share a score, two images never do."""
-        if media.media_bytes is not None:
-            return content_key(media.media_bytes)
-        return f"metadata:{media.metadata.get(getattr(self.scorer, 'key', ''))!r}:{media.id}"
+        """Model scores are keyed by the image's content: two copies of an image share a score, two different images
+        never do (even without URLs). A score the source carries belongs to its own media item."""
+        if isinstance(self.scorer, SourceScore):
+            return f"source:{media.id}"
+        return content_key(media.media_bytes or b"")
 
     def _judge(self, doc: Document, keys: list[str]) -> bool | tuple[bool, str]:
         scores = [self._scores[k] for k in keys]
+        for score in scores:
+            self.judged(score)
         doc.metadata[NSFW_KEY] = scores
         unreadable = [i for i, s in enumerate(scores) if math.isnan(s)]
         flagged = [i for i, s in enumerate(scores) if self.threshold is not None and s > self.threshold]

@@ -151,6 +151,7 @@ class PerplexityFilter(ScoringFilter):
     def _judge(self, doc: Document, key: str) -> bool | tuple[bool, str]:
         perplexity = self._scores[key]
         doc.metadata[PERPLEXITY_KEY] = perplexity
+        self.judged(perplexity)
         if math.isnan(perplexity):
             return (False, "too_short") if self.max_perplexity is not None else True
         self.stat_update(PERPLEXITY_KEY, value=perplexity)

@@ -23,7 +23,7 @@ from datatrove.pipeline.base import PipelineStep
 from pipelines import summary as summaries
 from pipelines.calibration import CalibrationError, calibrate
 from pipelines.executors import ExecutorOptions, run_executor
-from pipelines.manifest import MANIFEST_FILE, check_and_write
+from pipelines.manifest import check_and_write
 from pipelines.options import UsageError, add_arguments, from_args, normalise_path, output_options
 from pipelines.shards import DiscardingWriter, ShardWriter, shard_name
 from pipelines.sources import ShardInputError, Source, UnreadableFilter, list_input

@@ -7,13 +7,13 @@ import io
 import json
 import os
 import tarfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from datatrove.data import Document
 from datatrove.io import DataFolder
 
 from filters.image_fetch import FetchConfig
-from filters.images import HttpImageSource, ImageAcquisitionFilter, Img2DatasetSource
+from filters.images import DEFAULT_OUTAGE, HttpImageSource, ImageAcquisitionFilter, Img2DatasetSource
 from filters.img2dataset_index import Img2DatasetIndex
 from filters.optout import (
     SPAWNING_URL, TOKEN_VARIABLES, OptOutCache, OptOutList, SpawningConfig, SpawningOptOutChecker,
@@ -73,13 +73,24 @@ class ImageOptions:
     allow_private_hosts: bool | tuple[str, ...] = option(
         False, "allow loopback and private addresses: 'all', or only the hosts listed (tests, mirrors)",
         parse=_hosts, flag="--allow-private-hosts", metavar="all|HOST[:PORT],...")
+    window: int | None = option(None, "distinct URLs in flight or waiting, across documents (default: 16 x "
+                                "--image-threads)", changes_output=False, flag="--image-window")
+    outage_rate: float = option(DEFAULT_OUTAGE.max_failure_rate,
+                                f"fail the shard (to be retried) when this share of its last "
+                                f"{DEFAULT_OUTAGE.window} downloads fail for network reasons across "
+                                f"{DEFAULT_OUTAGE.min_hosts}+ hosts; 0 turns the check off",
+                                changes_output=False, flag="--image-outage-rate")
+    ca_certs: str | None = option(None, "PEM file of trusted certificate authorities (default: certifi's)",
+                                  changes_output=False, path=True, flag="--image-ca-certs", metavar="PEM")
 
 
 def build_images(options: ImageOptions, ctx: RunContext) -> ImageAcquisitionFilter:
     if options.threads < 1:
         raise UsageError(f"--image-threads {options.threads}: must be at least 1")
+    if not 0 <= options.outage_rate <= 1:
+        raise UsageError(f"--image-outage-rate {options.outage_rate}: must be between 0 and 1")
     config = FetchConfig(timeout=options.timeout, max_bytes=options.max_bytes, max_side=options.max_side,
-                         allow_private_hosts=options.allow_private_hosts)
+                         allow_private_hosts=options.allow_private_hosts, ca_certs=options.ca_certs)
     if options.source == "download":
         source = HttpImageSource(config)
     else:
@@ -89,7 +100,9 @@ def build_images(options: ImageOptions, ctx: RunContext) -> ImageAcquisitionFilt
         if problem := index.check():
             raise UsageError(f"--images {options.source}: {problem}")
         source = Img2DatasetSource(index, config.max_pixels, config.max_side)
-    return ImageAcquisitionFilter(source, threads=options.threads, exclusion_writer=ctx.recorder("images"))
+    outage = replace(DEFAULT_OUTAGE, max_failure_rate=options.outage_rate) if options.outage_rate else None
+    return ImageAcquisitionFilter(source, threads=options.threads, exclusion_writer=ctx.recorder("images"),
+                                  window=options.window, outage=outage)
 
 
 def _extension(data: bytes) -> str:

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import types
 import typing
 from collections.abc import Callable
 from typing import Any
 
+from filters.errors import UsageError
 
-class UsageError(Exception):
-    """A user mistake (a flag, a path, an input file): reported as one line and exit status 2."""
+__all__ = ["UsageError", "option", "add_arguments", "from_args", "output_options", "normalise_path"]
 
 
 def option(default: Any, help: str, *, changes_output: bool = True, path: bool = False, unit: str = "",
@@ -95,5 +96,6 @@ def output_options(config: Any, prefix: str) -> dict[str, Any]:
     for field, meta, _ in _fields(type(config)):
         if meta["changes_output"]:
             value = getattr(config, field.name)
-            recorded[flag_name(prefix, field)] = normalise_path(value) if meta["path"] else value
+            value = normalise_path(value) if meta["path"] else value
+            recorded[flag_name(prefix, field)] = json.loads(json.dumps(value))  # as the manifest reads it back
     return recorded

@@ -9,7 +9,7 @@ import tarfile
 import pytest
 from datatrove.data import Document, Media, MediaType
 
-from filters.nsfw import ClipNsfwHead, ClipNsfwScorer, ImageClassifierScorer, NsfwFilter, SourceScore
+from filters.nsfw import ClipNsfwScorer, ImageClassifierScorer, NsfwFilter, SourceScore
 from pipelines.sample_models import blob_image
 from tests.conftest import MODELS
 from pipelines.demo import sample_path
@@ -70,8 +70,13 @@ class FixedScorer:
 
 
 def document(doc_id: str, urls: list[str], good: bytes) -> Document:
-    media = [Media(id=u, type=MediaType.IMAGE, url=u, media_bytes=b"broken" if "corrupt" in u else good)
-             for u in urls]
+    """Each URL gets its own image: scores are keyed by content."""
+    def image(url: str) -> bytes:
+        if "corrupt" in url:
+            return b"broken"
+        return as_media([blob_image(random.Random(url), False)])[0].media_bytes
+
+    media = [Media(id=u, type=MediaType.IMAGE, url=u, media_bytes=image(u)) for u in urls]
     texts = [t for u in urls for t in (f"text before {u}", None)]
     return Document(text="", id=doc_id, media=media, metadata={"texts": texts})
 

@@ -23,10 +23,7 @@ from filters.decontam.index import (
 )
 from filters.decontam.registry import BENCHMARKS
 from filters.decontam.scan import Scan
-
-
-class UsageError(Exception):
-    pass
+from filters.errors import UsageError
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -28,7 +28,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from filters.decontam.files import IMAGE_SUFFIXES, describe, walk
+from filters.decontam.files import describe, walk
+from filters.image_decode import IMAGE_EXTENSIONS
 from filters.decontam.hamming_index import HammingIndex
 from filters.decontam.hashing import index_hashes, pixel_key, query_hashes
 from filters.decontam.registry import BENCHMARKS, GENERIC, Benchmark, answer_texts, question_text
@@ -114,7 +115,7 @@ def items_from_path(name: str, path: str) -> Iterator[EvalItem]:
             yield EvalItem(name, "?", label, origin=str(file), error=f"cannot list folder ({describe(error)})")
         elif file.suffix == ".parquet":
             yield from _parquet_items(file, spec, name)
-        elif file.suffix.lower() in IMAGE_SUFFIXES:
+        elif file.suffix.lower() in IMAGE_EXTENSIONS:
             try:
                 yield EvalItem(name, "images", label, [file.read_bytes()], origin=str(file))
             except OSError as read_error:

@@ -15,7 +15,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from filters.decontam.files import IMAGE_SUFFIXES, TEXT_SUFFIXES, describe, walk
+from filters.decontam.files import TEXT_SUFFIXES, describe, walk
+from filters.image_decode import IMAGE_EXTENSIONS
 from filters.decontam.index import DecontaminationIndex, Match
 from filters.decontam.text import NGRAM_WORDS
 
@@ -65,7 +66,7 @@ class Scan:
 
     def _file(self, file: Path) -> None:
         suffix = file.suffix.lower()
-        if suffix in IMAGE_SUFFIXES:
+        if suffix in IMAGE_EXTENSIONS:
             self._add_image(str(file), file.read_bytes())
         elif suffix == ".jsonl":
             with open(file, errors="replace") as f:
