@@ -4,7 +4,8 @@ The steps that judge pixels (NSFW, decontamination) need a small RGB copy, not t
 resize to 224 px and perceptual hashes to 32 px. `working_image` returns that copy (longest side at most
 `WORKING_SIDE`), decoded with the JPEG decoder's reduced-size mode, from a process-wide cache keyed by the
 bytes' hash and bounded in memory, so a task decodes each image once whatever the number of steps, and memory
-stays flat in the shard size. The `images` step seeds the cache from its own full decode.
+stays flat in the shard size. The `images` step seeds the cache with the working copy it decodes anyway to
+check the image, so the copy is the same whichever step decodes it first (scores never depend on the cache).
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ decodes = 0  # working copies decoded from bytes in this process (the benchmark 
 
 
 def remember(data: bytes, image: Image.Image) -> None:
-    """Seed the cache with an image a step has decoded anyway (the `images` step's full decode)."""
+    """Seed the cache with the working copy of `data` a step has decoded anyway (`decode_working(data)`)."""
     _CACHE.put(content_key(data), reduce_to_working(image))
 
 
