@@ -105,24 +105,41 @@ def save_cuts(folder: DataFolder, cuts: list[Cut]) -> None:
     write_json(folder, THRESHOLDS_FILE, thresholds)
 
 
-def calibrate(run: Run, logging_dir: DataFolder, output: DataFolder, checked: set[int]) -> dict[str, float]:
-    """Score the calibration shards with every calibrated step (only what those steps need runs before them), then
-    set each step's threshold from the merged scores. Shards in `checked` have had their input files checked."""
+def calibrated_steps(run: Run) -> list:
+    """The selected steps whose cut this run calibrates (a fraction asked, not a fixed cut)."""
+    specs = [run.spec.step(name) for name in run.steps]
+    return [s for s in specs if s.calibration and s.calibration.fraction(run.options[s.name]) is not None]
+
+
+def calibration_shards(run: Run) -> range:
     from pipelines.cli import parse_shard_range
 
-    specs = [run.spec.step(name) for name in run.steps]
-    active = [s for s in specs if s.calibration and s.calibration.fraction(run.options[s.name]) is not None]
-    if not active:
-        return {}
-    needed = {n for s in active for n in s.calibration.needs}
-    last = max(run.steps.index(s.name) for s in active)
-    prefix = [s.name for s in specs[:last + 1] if s.name in needed or not s.expensive]
-    shards = parse_shard_range(run.args.calibration_shards, len(run.files), "--calibration-shards",
-                               f"--input {run.args.input}")
+    return parse_shard_range(run.args.calibration_shards, len(run.files), "--calibration-shards",
+                             f"--input {run.args.input}")
+
+
+def check_calibration_inputs(run: Run, checked: set[int]) -> None:
+    """Before any work: the calibration shards' files (those not in `checked` already) are readable."""
+    if not calibrated_steps(run):
+        return
+    shards = calibration_shards(run)
     try:
         run.spec.source.check(get_datafolder(run.input_path), [run.files[s] for s in shards if s not in checked])
     except UsageError as error:
         raise UsageError(f"{error}; it is a calibration shard: choose others with --calibration-shards") from None
+
+
+def calibrate(run: Run, logging_dir: DataFolder, output: DataFolder) -> dict[str, float]:
+    """Score the calibration shards with every calibrated step (only what those steps need runs before them), then
+    set each step's threshold from the merged scores (their inputs are checked by `check_calibration_inputs`)."""
+    active = calibrated_steps(run)
+    if not active:
+        return {}
+    specs = [run.spec.step(name) for name in run.steps]
+    needed = {n for s in active for n in s.calibration.needs}
+    last = max(run.steps.index(s.name) for s in active)
+    prefix = [s.name for s in specs[:last + 1] if s.name in needed or not s.expensive]
+    shards = calibration_shards(run)
     fractions = {s.name: s.calibration.fraction(run.options[s.name]) for s in active}
     print(f"calibration: scoring shards {shards.start}-{shards.stop - 1} with {','.join(prefix)} to set "
           f"{', '.join(f'{name} (top {100 * f:g}%)' for name, f in fractions.items())}", file=sys.stderr)

@@ -21,7 +21,7 @@ from datatrove.io import DataFolder, get_datafolder
 from datatrove.pipeline.base import PipelineStep
 
 from pipelines import summary as summaries
-from pipelines.calibration import CalibrationError, calibrate
+from pipelines.calibration import CalibrationError, calibrate, check_calibration_inputs
 from pipelines.executors import ExecutorOptions, run_executor
 from pipelines.manifest import check_and_write
 from pipelines.options import UsageError, add_arguments, from_args, normalise_path, output_options
@@ -207,9 +207,10 @@ def run(spec: PipelineSpec, args: argparse.Namespace) -> int:
     print(f"{title}: {len(pending)} to run, {len(done)} already done; steps {','.join(run.steps)}", file=sys.stderr)
     spec.source.check(get_datafolder(run.input_path), [run.files[s] for s in pending])
     run.pipeline(run.steps, scoring_only=frozenset(run.steps))  # every step built once: flags checked before work
+    check_calibration_inputs(run, checked=set(pending))
     check_and_write(output, run.manifest(), shards)  # before any work, calibration included
     start = time.perf_counter()
-    thresholds = calibrate(run, logging_dir, output, checked=set(pending))
+    thresholds = calibrate(run, logging_dir, output)
     run_executor(run.pipeline(run.steps, thresholds=thresholds), len(run.files), shards, logging_path, run.executor)
     seconds = time.perf_counter() - start
 
