@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install (if needed) and start a single-node Slurm cluster on this machine: munge auth, no accounting, no
-# cgroups, no systemd (shared/reference/cluster.md). Needs root, Debian. State under $SLURM_DIR.
+# cgroups, no systemd (slurm.conf with proctrack/linuxproc, task/none). Needs root, Debian. State under $SLURM_DIR.
 set -euo pipefail
 SLURM_DIR=${SLURM_DIR:-/tmp/slurm}
 NODE=$(hostname -s)

@@ -8,7 +8,7 @@
 - tiny-nsfw-vit: a `ViTForImageClassification` (labels safe / nsfw) trained on the synthetic proxy task of
   `pipelines.sample_models`: flagged = magenta blobs; safe = the sample's photographs and other blobs.
 - tiny-clip + tiny-clip-nsfw-head.safetensors: a randomly initialised `CLIPVisionModelWithProjection` and a
-  LAION-style detector head (facts.md) trained on its embeddings of the same task.
+  LAION-style detector head (LAION-AI/CLIP-based-NSFW-Detector) trained on its embeddings of the same task.
 """
 
 from __future__ import annotations

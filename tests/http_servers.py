@@ -254,7 +254,7 @@ class _SpawningHandler(BaseHTTPRequestHandler):
 
 
 class SpawningStandIn(_Server):
-    """The opt-out API contract of facts.md. `mode` is "ok" or an HTTP status to answer every call with;
+    """The opt-out API contract (see `filters.optout`). `mode` is "ok" or an HTTP status to answer every call with;
     `script` lists per-call answers that come first (e.g. ["429", "ok"])."""
 
     handler = _SpawningHandler
