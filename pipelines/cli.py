@@ -21,7 +21,7 @@ from datatrove.io import DataFolder, get_datafolder
 from datatrove.pipeline.base import PipelineStep
 
 from pipelines import summary as summaries
-from pipelines.calibration import CalibrationError, calibrate, check_calibration_inputs
+from pipelines.calibration import CalibrationError, calibrate, calibrated_steps, check_calibration_inputs
 from pipelines.executors import ExecutorOptions, run_executor
 from pipelines.manifest import check_and_write
 from pipelines.options import UsageError, add_arguments, from_args, normalise_path, output_options
@@ -125,8 +125,10 @@ def _inside(child: str, parent: str) -> bool:
 
 
 def check_paths(args: argparse.Namespace, input_path: str) -> None:
-    """Refuse, before anything is written, an output that would be read as input or that is a file."""
-    if _inside(args.output, input_path) or _inside(input_path, args.output):
+    """Refuse, before anything is written, an output that would be read as input (or written over it) or that is a
+    file. A one-file input lists only itself, so an output beside it is fine."""
+    input_is_folder = not get_datafolder(args.input).isfile("")
+    if input_is_folder and _inside(args.output, input_path) or _inside(input_path, args.output):
         raise UsageError(f"--output {args.output}: inside --input {args.input} (or the reverse): a re-run would "
                          f"read its own output as input; choose a folder outside it")
     if get_datafolder(args.output).isfile(""):
@@ -170,7 +172,7 @@ class Run:
                 *(s.build(self.options.get(s.name), ctx) for s in specs), writer]
 
     def manifest(self) -> dict:
-        options = {"--calibration-shards": self.args.calibration_shards}
+        options = {"--calibration-shards": self.args.calibration_shards} if calibrated_steps(self) else {}
         for name in self.steps:
             step = self.spec.step(name)
             if step.options:

@@ -250,7 +250,7 @@ class ParquetShardReader(PipelineStep):
                 doc = self.row_format.to_document(row, doc_id)
                 doc.metadata[ORIGIN_KEY] = origin
                 return doc
-            except (Exception, RecursionError) as error:  # noqa: BLE001 - a hostile row is removed, not fatal
+            except Exception as error:  # noqa: BLE001 - a hostile row (RecursionError, ...) is removed, not fatal
                 row, cause = {**row}, type(error).__name__
         else:
             row, cause = None, type(row).__name__

@@ -150,6 +150,9 @@ def test_output_inside_input_or_a_file_and_slurm_without_sbatch_are_refused(tmp_
     line = one_error_line(obelics("--input", str(source), "--output", str(source / "out"), "--steps", "structure"))
     assert "--output" in line and "inside --input" in line
     assert not (source / "out").exists()
+    one_file = obelics("--input", str(next(source.glob("*.parquet"))), "--output", str(source / "out"),
+                       "--steps", "structure", "--shards", "0")
+    assert one_file.returncode == 0, one_file.stderr  # a one-file input lists only itself
     (tmp_path / "a-file").write_text("x")
     line = one_error_line(obelics("--input", str(source), "--output", str(tmp_path / "a-file"), "--steps", "structure"))
     assert "is a file" in line
