@@ -8,7 +8,7 @@ from collections import Counter, deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
 from datatrove.data import Document, DocumentsPipeline
@@ -25,6 +25,17 @@ IMAGE_STATUS_PREFIX = "image_status/"  # stats: image_status/ok, image_status/ti
 
 class ImageSource(Protocol):
     def get(self, url: str) -> FetchResult: ...
+
+
+@runtime_checkable
+class ShardAwareSource(Protocol):
+    """A source told when a task starts and ends its shard (`filters.fetched_images` keeps a shard's downloads)."""
+
+    def get(self, url: str) -> FetchResult: ...
+
+    def start(self, rank: int) -> None: ...
+
+    def finish(self, completed: bool) -> None: ...
 
 
 class ImageNetworkOutage(Exception):
@@ -199,6 +210,8 @@ class ImageAcquisitionFilter(BatchedFilter):
         """Stream documents through the window; one thread pool for the task keeps HTTP connections alive."""
         self._guard = None  # each task (shard) is judged on its own fetches
         self._start()
+        if isinstance(self.source, ShardAwareSource):
+            self.source.start(rank)
         finished = False
         writer_context = self.exclusion_writer if self.exclusion_writer else contextlib.nullcontext()
         try:
@@ -217,6 +230,8 @@ class ImageAcquisitionFilter(BatchedFilter):
         finally:
             self._pool.shutdown(wait=finished, cancel_futures=True)  # a failing task does not wait for stalls
             self._pool = None
+            if isinstance(self.source, ShardAwareSource):
+                self.source.finish(finished)
 
     def _start(self) -> None:
         if self._pool is None:

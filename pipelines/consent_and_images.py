@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from datatrove.data import Document
 from datatrove.io import DataFolder
 
+from filters.fetched_images import FetchedImages
 from filters.image_fetch import FetchConfig
 from filters.images import DEFAULT_OUTAGE, HttpImageSource, ImageAcquisitionFilter, Img2DatasetSource
 from filters.img2dataset_index import Img2DatasetIndex
@@ -91,8 +92,9 @@ def build_images(options: ImageOptions, ctx: RunContext) -> ImageAcquisitionFilt
         raise UsageError(f"--image-outage-rate {options.outage_rate}: must be between 0 and 1")
     config = FetchConfig(timeout=options.timeout, max_bytes=options.max_bytes, max_side=options.max_side,
                          allow_private_hosts=options.allow_private_hosts, ca_certs=options.ca_certs)
-    if options.source == "download":
-        source = HttpImageSource(config)
+    if options.source == "download":  # a calibration pass keeps what it downloads for the filtering pass
+        source = FetchedImages(HttpImageSource(config), os.path.join(ctx.output, "fetched"),
+                               record=bool(ctx.scoring_only), max_pixels=config.max_pixels, max_side=config.max_side)
     else:
         if not os.path.isdir(options.source):
             raise UsageError(f"--images {options.source}: not 'download' and not a folder")

@@ -20,7 +20,7 @@ from filters.image_decode import decode_image
 from filters.image_fetch import FetchResult
 from filters.images import ImageAcquisitionFilter, ImageNetworkOutage
 from pipelines.obelics_format import OBELICS_SCHEMA
-from tests.conftest import run_command
+from tests.conftest import MODELS, run_command
 from tests.http_servers import ImageHost, SpawningStandIn, jpeg_bytes
 
 
@@ -184,3 +184,23 @@ def test_outage_is_judged_on_network_failures_across_hosts(failing, status, outa
         assert len(kept) == sum(u[0].split("/")[2] not in failing for u in urls)
     unchecked = ImageAcquisitionFilter(FailingSource(failing, status), threads=4, outage=None)  # check turned off
     assert len(list(unchecked.run(iter(documents(urls))))) == sum(u[0].split("/")[2] not in failing for u in urls)
+
+
+def test_a_calibrated_nsfw_cut_downloads_each_image_once(tmp_path):
+    with ImageHost() as host:
+        docs = {f"doc-{i}": [host.url(f"/ok-{i}-a.jpg"), host.url(f"/ok-{i}-b.jpg")] for i in range(20)}
+        source = tmp_path / "in"
+        source.mkdir()
+        pq.write_table(pa.Table.from_pylist([row(d, u) for d, u in docs.items()], schema=OBELICS_SCHEMA),
+                       source / "0.parquet")
+        result = run_command(
+            "pipelines.obelics", "--input", str(source), "--output", str(tmp_path / "out"),
+            "--steps", "structure,images,nsfw", "--allow-private-hosts", "all", "--nsfw-backend", "classifier",
+            "--nsfw-model", f"{MODELS}/tiny-nsfw-vit", "--nsfw-drop-top", "0.1")
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "calibration:" in result.stderr
+        assert sorted(host.hits.values()) == [1] * 40  # the calibration pass's downloads served the filtering pass
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["total"]["images"]["ok"] == 40
+    assert not list((tmp_path / "out" / "fetched").iterdir())  # replayed, then deleted
+    with tarfile.open(tmp_path / "out" / "images" / "00000.tar") as tar:
+        assert len([m for m in tar if m.name.endswith(".jpg")]) > 0
