@@ -219,8 +219,10 @@ class ShardRangeMixin:
         try:
             with _task_console(self.settings.quiet_console):
                 stats = super()._run_for_rank(rank, local_rank, node_rank)
-        except Exception as error:  # noqa: BLE001 - one shard's failure must not take the others down
+        except BaseException as error:  # noqa: BLE001 - one shard's failure must not take the others down
             progress.finish("failed")
+            if not isinstance(error, Exception):  # Ctrl-C, SystemExit: the run stops, not just this shard
+                raise
             with self.logging_dir.open(error_file, "w") as f:
                 f.write(printable(f"{type(error).__name__}: {error}".replace("\n", " ")) + "\n")
             self.failed_ranks = [*getattr(self, "failed_ranks", []), rank]
@@ -347,13 +349,19 @@ class _ProgressFile:
 
     def _loop(self) -> None:
         while not self.stop.wait(PROGRESS_TTY_SECONDS):
-            self._write("running")
+            try:
+                self._write("running")
+            except OSError:  # the command has gone (and removed the folder): nobody is reading
+                return
 
     def finish(self, state: str) -> None:
         if self.thread:
             self.stop.set()
             self.thread.join()
-            self._write(state)
+            try:
+                self._write(state)
+            except OSError:
+                pass
 
 
 def read_progress_dir(folder: str) -> dict[int, tuple[int, str]]:
@@ -475,8 +483,28 @@ class _LocalProgress:
 # Executors
 
 
+class _OneWorkerProcess(int):
+    """The worker count 1, which datatrove's `workers == 1` test does not take for "run in this process"."""
+
+    def __eq__(self, other) -> bool:
+        return False
+
+    __hash__ = int.__hash__
+
+
 class ShardLocalExecutor(ShardRangeMixin, LocalPipelineExecutor):
-    pass
+    """datatrove's local executor, except that a single worker runs in a child process too: in the command's own
+    process a step's cleanup (a thread pool waiting out an API's retries and back-offs) holds Ctrl-C for minutes,
+    while a pool's worker is stopped at once."""
+
+    def run(self):
+        if self.workers != 1:
+            return super().run()
+        self.workers = _OneWorkerProcess(1)
+        try:
+            return super().run()
+        finally:
+            self.workers = 1
 
 
 class ShardSlurmExecutor(ShardRangeMixin, SlurmPipelineExecutor):

@@ -201,22 +201,29 @@ def test_progress_line_is_rewritten_in_place_on_a_terminal(tmp_path):
     assert "INFO" not in console
 
 
-def test_ctrl_c_stops_with_one_line_and_status_130(tmp_path):
+@pytest.mark.parametrize("workers", ["1", "2"])  # tasks in the command's process, or in worker processes
+def test_ctrl_c_stops_with_one_line_and_status_130(tmp_path, workers):
     """The opt-out API answers 503 forever, so the tasks are busy retrying when Ctrl-C comes; the terminal sends
     SIGINT to the whole process group, workers included."""
     with SpawningStandIn(set(), mode="503") as api:
         process = subprocess.Popen(
             [sys.executable, "-m", "pipelines.obelics", "--input", SAMPLE_OBELICS, "--output", str(tmp_path / "o"),
              "--steps", "structure,optout", "--spawning-url", api.url("/api/v2/query/urls"),
-             "--spawning-retries", "100", "--spawning-backoff", "0.2", "--workers", "2"],
+             "--spawning-retries", "100", "--spawning-backoff", "0.2", "--workers", workers],
             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
             env={**os.environ, "PYTHONPATH": str(REPO), "SPAWNING_TOKEN": api.token})
         deadline = time.monotonic() + 120
-        while api.calls < 2 and time.monotonic() < deadline and process.poll() is None:
+        while api.calls < int(workers) + 1 and time.monotonic() < deadline and process.poll() is None:
             time.sleep(0.05)
-        assert api.calls >= 2, process.communicate()[1][-2000:]
+        if api.calls <= int(workers):
+            os.killpg(process.pid, signal.SIGKILL)
+            pytest.fail(f"the tasks never called the API: {process.communicate()[1][-2000:]}")
         os.killpg(process.pid, signal.SIGINT)
-        stdout, stderr = process.communicate(timeout=120)
+        try:
+            stdout, stderr = process.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            pytest.fail(f"still running 60 s after Ctrl-C: {process.communicate()[1][-2000:]}")
     assert process.returncode == 130, stderr[-3000:]
     assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr[-3000:]
     assert stderr.strip().splitlines()[-1] == "interrupted: 0 of 4 shards done; run the same command to resume"
