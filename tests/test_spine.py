@@ -218,18 +218,42 @@ def test_file_url_output_with_the_optout_api(tmp_path):
     assert (tmp_path / "out" / "cache" / "optout.sqlite").is_file()
 
 
-def test_memory_filesystem_output(tmp_path):
-    import fsspec
+@pytest.fixture
+def s3_stand_in(tmp_path):
+    """A real S3 API on loopback (moto's server), with a bucket; yields the environment a client needs."""
+    import boto3
+    from moto.server import ThreadedMotoServer
 
-    from pipelines.cli import main
-    from pipelines.obelics import SPEC
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_ENDPOINT_URL": f"http://{host}:{port}", "HOME": str(tmp_path / "home")}
+    boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], aws_access_key_id="testing",
+                 aws_secret_access_key="testing", region_name="us-east-1").create_bucket(Bucket="recipe")
+    yield env
+    server.stop()
 
-    assert main(SPEC, ["--input", SAMPLE_OBELICS, "--output", "memory://spine/out", "--steps", "structure",
-                       "--shards", "0-1", "--workers", "1", "--cache-dir", str(tmp_path / "cache")]) == 0
-    fs = fsspec.filesystem("memory")
-    assert fs.isfile("/spine/out/data/00001.parquet") and fs.isfile("/spine/out/manifest.json")
-    with fs.open("/spine/out/summary.json") as f:
+
+def test_s3_output(s3_stand_in, tmp_path):
+    import s3fs
+
+    from tests.http_servers import SpawningStandIn
+
+    with SpawningStandIn({"https://site.example/doc-3"}) as api:
+        result = run_command("pipelines.obelics", "--input", SAMPLE_OBELICS, "--output", "s3://recipe/out",
+                             "--steps", "structure,optout", "--shards", "0-1", "--spawning-url", api.url("/q"),
+                             env={**s3_stand_in, "SPAWNING_TOKEN": "test-token"}, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    fs = s3fs.S3FileSystem(key="testing", secret="testing",
+                           client_kwargs={"endpoint_url": s3_stand_in["AWS_ENDPOINT_URL"]})
+    assert fs.isfile("recipe/out/data/00001.parquet") and fs.isfile("recipe/out/manifest.json")
+    with fs.open("recipe/out/summary.json") as f:
         assert json.load(f)["total"]["input"] == 100
+    caches = list((tmp_path / "home" / ".cache" / "idefics2-recipe").glob("*/optout.sqlite"))
+    assert len(caches) == 1  # SQLite stays on a local disk, never on the shared store
+    status = run_command("pipelines.status", "s3://recipe/out", env=s3_stand_in)
+    assert status.returncode == 0, status.stdout + status.stderr
 
 
 # steps that drop into any datatrove pipeline ------------------------------------------------------------------
