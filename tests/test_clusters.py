@@ -12,6 +12,7 @@ import importlib.util
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -142,6 +143,36 @@ def test_detached_split_submission_followed_with_status_and_resumed(slurm, tmp_p
     assert json.loads((output / "summary.json").read_text())["total"]["input"] == 200
     resumed = run_command(*command)
     assert resumed.returncode == 0 and "nothing to run" in resumed.stderr, resumed.stderr[-2000:]
+
+
+@pytest.mark.slurm
+def test_ctrl_c_while_waiting_leaves_the_jobs_running(slurm, tmp_path):
+    output = tmp_path / "out"
+    blocker = subprocess.run(["sbatch", "--parsable", "--exclusive", "--time", "00:10:00", "--wrap", "sleep 300"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "pipelines.obelics", "--input", SAMPLE_OBELICS, "--output", str(output),
+             "--steps", "structure", *SLURM_FLAGS], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True, start_new_session=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+        jobs_file = output / "logs" / "slurm_jobs.json"
+        deadline = time.monotonic() + 120
+        while not jobs_file.exists() and time.monotonic() < deadline and process.poll() is None:
+            time.sleep(0.2)
+        time.sleep(1)  # into the wait
+        os.killpg(process.pid, signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+        jobs = submitted_jobs(output)
+        assert process.returncode == 130, stderr[-3000:]
+        assert "Traceback" not in stderr
+        assert stderr.strip().splitlines()[-1] == (
+            f"interrupted: stopped waiting with 0 of 4 shards done; Slurm job(s) {jobs[0]} keep running: follow "
+            f"with python -m pipelines.status {output}")
+        queue = subprocess.run(["squeue", "-h", "-o", "%F"], capture_output=True, text=True).stdout.split()
+        assert jobs[0] in queue
+    finally:
+        subprocess.run(["scancel", blocker, *json.loads(jobs_file.read_text())["job_ids"]] if jobs_file.exists()
+                       else ["scancel", blocker])
 
 
 @pytest.mark.slurm
