@@ -121,7 +121,7 @@ class ExecutorOptions:
     def add_arguments(parser: argparse.ArgumentParser, job_name: str = "idefics2-recipe") -> None:
         run = parser.add_argument_group("execution")
         run.add_argument("--executor", choices=("local", "slurm", "ray"), default="local")
-        run.add_argument("--workers", type=_positive_int, default=None, action=_StoreExplicit,
+        run.add_argument("--workers", type=_positive_int, default=None, action=_StoreExplicit, metavar="N",
                          help="tasks running at once (default: local, min(cores, 4); slurm and ray, no limit)")
         run.add_argument("--verbose", action="store_true",
                          help="show datatrove's logs and model-loading progress bars on the console (they are "
@@ -130,27 +130,32 @@ class ExecutorOptions:
                          help="slurm: submit, print the job ids and exit without waiting; follow with "
                               "`python -m pipelines.status OUTPUT`, resume by running the same command again")
         slurm = parser.add_argument_group("slurm")
-        slurm.add_argument("--slurm-partition", default=None, help="(default: the cluster's default partition)")
-        slurm.add_argument("--slurm-time", default=ExecutorOptions.slurm_time,
+        slurm.add_argument("--slurm-partition", default=None, metavar="NAME",
+                           help="(default: the cluster's default partition)")
+        slurm.add_argument("--slurm-time", default=ExecutorOptions.slurm_time, metavar="HH:MM:SS",
                            help="time limit per task (default: %(default)s)")
-        slurm.add_argument("--slurm-cpus-per-task", type=_positive_int, default=ExecutorOptions.slurm_cpus_per_task,
+        slurm.add_argument("--slurm-cpus-per-task", type=_positive_int, metavar="N",
+                           default=ExecutorOptions.slurm_cpus_per_task,
                            help="cores per task, also the model steps' threads (default: %(default)s)")
-        slurm.add_argument("--slurm-mem-per-cpu-gb", type=_positive_int,
+        slurm.add_argument("--slurm-mem-per-cpu-gb", type=_positive_int, metavar="GB",
                            default=ExecutorOptions.slurm_mem_per_cpu_gb, help="(default: %(default)s)")
-        slurm.add_argument("--slurm-gpus-per-task", type=_non_negative(int), default=0,
+        slurm.add_argument("--slurm-gpus-per-task", type=_non_negative(int), default=0, metavar="N",
                            help="GPUs per task, for the model steps (default: %(default)s)")
-        slurm.add_argument("--slurm-qos", default="", help="quality of service (default: the cluster's)")
-        slurm.add_argument("--slurm-venv", default=None,
+        slurm.add_argument("--slurm-qos", default="", metavar="NAME",
+                           help="quality of service (default: the cluster's)")
+        slurm.add_argument("--slurm-venv", default=None, metavar="PATH",
                            help="venv (folder or bin/activate) the jobs activate (default: the one running this)")
-        slurm.add_argument("--slurm-job-name", default=job_name)
-        slurm.add_argument("--slurm-max-array-size", type=_positive_int, default=None,
+        slurm.add_argument("--slurm-job-name", default=job_name, metavar="NAME", help="(default: %(default)s)")
+        slurm.add_argument("--slurm-max-array-size", type=_positive_int, default=None, metavar="N",
                            help="array tasks per job; more shards are split into several jobs "
                                 "(default: the cluster's MaxArraySize)")
         ray = parser.add_argument_group("ray")
-        ray.add_argument("--ray-address", default=None, help="cluster to join, e.g. auto (default: start a local one)")
+        ray.add_argument("--ray-address", default=None, metavar="ADDRESS",
+                         help="cluster to join, e.g. auto (default: start a local one)")
         ray.add_argument("--ray-cpus-per-task", type=_positive_int, default=ExecutorOptions.ray_cpus_per_task,
+                         metavar="N",
                          help="cores per task, also the model steps' threads (default: %(default)s)")
-        ray.add_argument("--ray-gpus-per-task", type=_non_negative(float), default=0,
+        ray.add_argument("--ray-gpus-per-task", type=_non_negative(float), default=0, metavar="N",
                          help="GPUs per task, for the model steps (default: %(default)s)")
 
     @classmethod
