@@ -7,7 +7,7 @@ Builds an OBELICS-format corpus from the shipped sample (rows repeated, each tex
 reused), joined with the shipped img2dataset download, with the shipped opt-out list, tiny models and a
 decontamination index of the sample evaluation set. Prints documents/s/core for each checkout and their ratio,
 the peak memory of the largest worker at 1x and 4x the documents per shard, and how many times each kept image
-is decoded (PIL decodes counted in one in-process run of each checkout over a sample shard).
+is decoded (PIL decodes counted in every process of a run of each checkout over a sample shard).
 """
 
 from __future__ import annotations
@@ -27,23 +27,17 @@ import pyarrow.parquet as pq
 HERE = Path(__file__).resolve().parent.parent
 SAMPLE = HERE / "pipelines" / "sample_data"
 
-# counts PIL decodes in the process that runs it (workers=1 runs every task in-process)
+# loaded by every Python process of a run (sitecustomize), so worker processes count too: one byte per PIL decode
 COUNT_DECODES = """
-import json, sys
+import os
 from PIL import ImageFile
-calls = [0]
-load = ImageFile.ImageFile.load
-def counting(self, *a, **k):
+_load = ImageFile.ImageFile.load
+def _counting(self, *args, **kwargs):
     if getattr(self, "tile", None):
-        calls[0] += 1
-    return load(self, *a, **k)
-ImageFile.ImageFile.load = counting
-sys.path.insert(0, sys.argv[1])
-from pipelines.cli import main
-from pipelines.obelics import SPEC
-status = main(SPEC, sys.argv[3:])
-summary = json.load(open(sys.argv[2] + "/summary.json"))
-print(json.dumps({"status": status, "decodes": calls[0], "images_ok": summary["total"]["images"].get("ok", 0)}))
+        with open(os.environ["DECODE_COUNT_FILE"], "ab") as f:
+            f.write(b".")
+    return _load(self, *args, **kwargs)
+ImageFile.ImageFile.load = _counting
 """
 
 
@@ -103,14 +97,21 @@ def timed_run(repo: Path, corpus: Path, output: Path, index: str, workers: int) 
 
 
 def decodes(repo: Path, output: Path, index: str) -> dict:
-    """PIL decodes per image over the first sample shard (every row once: no image is repeated on purpose)."""
-    corpus = SAMPLE / "obelics"
-    result = subprocess.run([sys.executable, "-c", COUNT_DECODES, str(repo), str(output), "--input", str(corpus),
-                             "--output", str(output), "--workers", "1", "--shards", "0", *flags(index)],
-                            cwd=repo, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(repo)})
+    """PIL decodes per kept-or-checked image over the first sample shard (every row once: no image is repeated on
+    purpose), counted in every process of the run."""
+    hook = output.parent / f"{output.name}-hook"
+    hook.mkdir(parents=True)
+    (hook / "sitecustomize.py").write_text(COUNT_DECODES)
+    counts = hook / "decodes"
+    counts.touch()
+    result = subprocess.run([sys.executable, "-m", "pipelines.obelics", "--input", str(SAMPLE / "obelics"),
+                             "--output", str(output), "--shards", "0", *flags(index)], cwd=repo, capture_output=True,
+                            text=True, env={**os.environ, "PYTHONPATH": f"{hook}:{repo}",
+                                            "DECODE_COUNT_FILE": str(counts)})
     if result.returncode:
         raise SystemExit(f"{repo}: decode count failed\n{result.stderr[-3000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    images = json.loads((output / "summary.json").read_text())["total"]["images"].get("ok", 0)
+    return {"decodes": counts.stat().st_size, "images_ok": images}
 
 
 def main() -> None:
