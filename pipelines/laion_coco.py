@@ -1,0 +1,102 @@
+"""`python -m pipelines.laion_coco`: filter LAION-COCO image-text pairs (or any url/caption parquet), one datatrove
+task per input file, every row written back unchanged with its file's own schema.
+
+Steps, in order: `optout` (Spawning opt-outs on the image URLs), `images` (download, or join with an img2dataset
+download), `min_size` (decoded shorter side under 150 px), `nsfw` (by default LAION's own `punsafe` column; the
+paper removed 7%: `--nsfw-drop-top 0.07`), `decontam` (a pair matching an evaluation set is removed whole).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from filters.annotation_cache import ShardScoreCache
+from filters.min_size import IDEFICS2_MIN_SIDE, MinImageSizeFilter
+from pipelines import cli
+from pipelines.consent_and_images import IMAGES, OPTOUT
+from pipelines.decontam_report import write_report
+from pipelines.decontam_steps import DecontamOptions, build_decontam
+from pipelines.model_steps import NsfwOptions, build_nsfw
+from pipelines.options import UsageError, add_arguments, from_args, option
+from pipelines.pairs_format import LAION_COCO_HUB_INPUT, PairColumns, PairsSource
+from pipelines.steps import Calibration, RunContext, StepSpec
+
+
+@dataclass
+class MinSizeOptions:
+    min_side: int = option(IDEFICS2_MIN_SIDE, "remove images whose decoded width or height is under this (the M4 "
+                           "team's LAION-COCO processing for Idefics2 used 150)", unit="px", flag="--min-size")
+
+
+def build_min_size(options: MinSizeOptions, ctx: RunContext) -> MinImageSizeFilter:
+    if options.min_side < 1:
+        raise UsageError(f"--min-size {options.min_side}: must be at least 1 px")
+    return MinImageSizeFilter(options.min_side, exclusion_writer=ctx.recorder("min_size"))
+
+
+@dataclass
+class PairsNsfwOptions(NsfwOptions):
+    """Pairs default to the score LAION ships (`punsafe`); its judged scores are kept so `--nsfw-drop-top` can
+    calibrate on them like a model's."""
+
+    backend: str = option("source", "source: the score the pairs carry (--nsfw-source-key); clip: LAION's CLIP "
+                          "detector (needs --nsfw-head); classifier: a transformers image classifier (--nsfw-model)",
+                          flag="--nsfw-backend", choices=("clip", "classifier", "source"))
+
+    def cache(self, ctx: RunContext) -> ShardScoreCache | None:
+        if self.backend != "source":
+            return super().cache(ctx)
+        return ShardScoreCache(os.path.join(ctx.output, "scores", "nsfw", f"source-{self.source_key}"))
+
+
+@dataclass
+class PairsDecontamOptions(DecontamOptions):
+    policy: str = option("document", "document: a matching pair is removed (image-text pairs); image: only the "
+                         "image, which for a pair is the same", flag="--decontam-policy", choices=("document", "image"))
+
+
+MIN_SIZE = StepSpec("min_size", build_min_size, MinSizeOptions, title="minimum image size (step min_size)")
+NSFW = StepSpec("nsfw", build_nsfw, PairsNsfwOptions, title="NSFW (step nsfw)",
+                calibration=Calibration(PairsNsfwOptions.fraction, PairsNsfwOptions.cache, needs=("images",)))
+DECONTAM = StepSpec("decontam", build_decontam, PairsDecontamOptions, title="decontamination (step decontam)")
+
+SPEC = cli.PipelineSpec(
+    name="laion_coco",
+    description="Filter LAION-COCO (laion/laion-coco) image-text pairs the Idefics2 way, shard by shard. The "
+                "pair's columns: --url-column (default URL) and --caption-column (default top_caption, the BLIP "
+                "caption Idefics2 used; TEXT is the alt text); other columns are carried unchanged.",
+    default_input=LAION_COCO_HUB_INPUT,
+    source=PairsSource(),
+    steps=(OPTOUT, IMAGES, MIN_SIZE, NSFW, DECONTAM),
+    examples=(
+        "python -m pipelines.laion_coco --output s3://bucket/laion_coco --shards 0-127 --executor slurm "
+        "--nsfw-drop-top 0.07 --decontam-index eval_index",
+        "python -m pipelines.laion_coco --input ./cc3m --output ./out --url-column url --caption-column caption "
+        "--steps optout,images,min_size --optout-list optouts.txt --images ./cc3m_download",
+    ),
+    reports=(write_report,),
+)
+
+
+@dataclass
+class ColumnOptions:
+    url: str = option(PairColumns.url, "column of the image URLs", flag="--url-column")
+    caption: str = option(PairColumns.caption, "column of the captions (TEXT: LAION's alt text)",
+                          flag="--caption-column")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The shared command, with the source's column flags read first: the spine's flags belong to steps."""
+    parser = argparse.ArgumentParser(add_help=False)
+    add_arguments(parser, "pair columns", ColumnOptions, "")
+    known, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    columns = from_args(ColumnOptions, known, "")
+    return cli.main(replace(SPEC, source=PairsSource(PairColumns(columns.url, columns.caption))), rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
