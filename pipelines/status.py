@@ -100,6 +100,19 @@ def merge_summary(output: DataFolder, logging_dir: DataFolder, done: list[int]) 
     return summaries.update_summary(output, records, logging_dir), len(records)
 
 
+def _report_calibration(logging_dir: DataFolder) -> None:
+    """The scoring pass that sets calibrated cuts runs first, into its own folder (a detached run submits it, and
+    the same command again submits the main run once it is done)."""
+    if not logging_dir.isdir("calibration"):
+        return
+    calibration = get_datafolder(logging_dir.resolve_paths("calibration"))
+    done, failed = shard_outcomes(calibration)
+    print(f"  calibration pass: {len(done):,} shard(s) scored, {len(failed):,} failed"
+          + (f" (errors in {calibration.resolve_paths('errors')})" if failed else ""))
+    if queued := queued_slurm_jobs(read_slurm_jobs(calibration)):
+        print(f"  Slurm job(s) {','.join(queued)} of the calibration pass still queued or running")
+
+
 def report(output_path: str, logging_path: str | None) -> int:
     output = get_datafolder(output_path)
     logging_dir = get_datafolder(logging_path or os.path.join(output_path, "logs"))
@@ -120,6 +133,7 @@ def report(output_path: str, logging_path: str | None) -> int:
     print(f"  pending  {len(pending):>8,}" + (f"  {compact(pending)}" if pending else ""))
     if queued := queued_slurm_jobs(read_slurm_jobs(logging_dir)):
         print(f"  Slurm job(s) {','.join(queued)} still queued or running")
+    _report_calibration(logging_dir)
 
     summary, added = merge_summary(output, logging_dir, done)
     totals = summaries.total({n: r for n, r in summary["shards"].items() if int(n) in shards})

@@ -98,3 +98,16 @@ def test_a_folder_that_is_not_an_output_is_one_line(tmp_path):
 
 def test_error_lines_quote_hostile_text_escaped():
     assert printable("bad\x1b[31mred\u202eevil\ttab é") == "bad\\x1b[31mred\\u202eevil\\x09tab é"
+
+
+def test_calibration_pass_is_shown(tmp_path):
+    from tests.conftest import MODELS
+
+    output = tmp_path / "out"
+    run = run_command("pipelines.obelics", "--input", SAMPLE_OBELICS, "--output", str(output), "--steps",
+                      "structure,perplexity", "--ppl-model", f"{MODELS}/tiny-falcon", "--limit", "10", "--shards", "0-1",
+                      "--calibration-shards", "0-1")
+    assert run.returncode == 0, run.stderr[-2000:]
+    result = status(str(output))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "  calibration pass: 2 shard(s) scored, 0 failed" in result.stdout
