@@ -105,7 +105,8 @@ def test_calibration_pass_is_shown(tmp_path):
 
     output = tmp_path / "out"
     run = run_command("pipelines.obelics", "--input", SAMPLE_OBELICS, "--output", str(output), "--steps",
-                      "structure,perplexity", "--ppl-model", f"{MODELS}/tiny-falcon", "--limit", "10", "--shards", "0-1",
+                      "structure,perplexity", "--ppl-model", f"{MODELS}/tiny-falcon", "--limit", "10",
+                      "--shards", "0-1",
                       "--calibration-shards", "0-1")
     assert run.returncode == 0, run.stderr[-2000:]
     result = status(str(output))
