@@ -2,7 +2,7 @@
 seconds: a real supervised fastText model (the format of fastText's lid.176.bin, labels `__label__en` ...) that tells
 five languages apart, for the `language` step's demo and tests.
 
-    python scripts/make_tiny_lid_model.py
+    python scripts/make_tiny_lid_model.py [--output FOLDER]
 
 - English: sentences of the Python reference manual every CPython carries (`pydoc_data.topics`), minus every
   sentence of the shipped OBELICS sample (built from the same manual), so the sample is held-out English.
@@ -16,6 +16,7 @@ Same fastText build (fasttext-community 0.11.9, one thread, fixed seed): same by
 
 from __future__ import annotations
 
+import argparse
 import base64
 import hashlib
 import importlib.metadata
@@ -134,22 +135,25 @@ def corpus(rng: random.Random) -> tuple[list[str], list[str]]:
     return [line(p) for p in train], [line(p) for p in heldout]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--output", type=Path, default=OUT, help=f"folder to write (default: {OUT})")
+    out = parser.parse_args(argv).output
     check_fasttext_build()
     import fasttext
 
     train, heldout = corpus(random.Random(SEED))
-    OUT.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as folder:
         data = Path(folder) / "train.txt"
         data.write_text("\n".join(train) + "\n", encoding="utf-8")
         model = fasttext.train_supervised(str(data), **TRAINING)
         model.quantize(input=str(data), qnorm=True, retrain=False, dsub=2, thread=1, verbose=0)
-        model.save_model(str(OUT / "model.bin"))
-    (OUT / "heldout.txt").write_text("\n".join(heldout) + "\n", encoding="utf-8")
+        model.save_model(str(out / "model.bin"))
+    (out / "heldout.txt").write_text("\n".join(heldout) + "\n", encoding="utf-8")
     correct = sum(model.predict(line.split(" ", 1)[1])[0][0] == line.split(" ", 1)[0] for line in heldout)
-    size = (OUT / "model.bin").stat().st_size
-    print(f"wrote {OUT}/model.bin ({size} bytes, {len(train)} training sentences); held-out accuracy "
+    size = (out / "model.bin").stat().st_size
+    print(f"wrote {out}/model.bin ({size} bytes, {len(train)} training sentences); held-out accuracy "
           f"{correct}/{len(heldout)}")
 
 

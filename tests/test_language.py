@@ -207,3 +207,24 @@ def test_bad_flags_give_one_line(tmp_path, capsys, flags, message):
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == f"error: {message}" and "Traceback" not in "\n".join(err)
     assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_help_lists_the_step_options_with_obelics_defaults():
+    from pipelines.cli import build_parser
+
+    text = " ".join(build_parser(captions_spec()).format_help().split())
+    assert "language identification (step language)" in text
+    assert "--lang LABELS" in text and "(default: en)" in text
+    assert "--lang-min-score" in text and "(default: 0.8)" in text
+    assert "--lang-model MODEL" in text and "lid.176.bin" in text
+
+
+def test_the_tiny_model_is_rebuilt_byte_for_byte(tmp_path):
+    """scripts/make_tiny_lid_model.py: same fastText build, same seed, one thread: the shipped bytes."""
+    from tests.conftest import run_command
+
+    done = run_command("scripts.make_tiny_lid_model", "--output", str(tmp_path), timeout=300)
+    assert done.returncode == 0, done.stderr
+    for name in ("model.bin", "heldout.txt"):
+        assert (tmp_path / name).read_bytes() == (Path(MODELS) / "tiny-lid" / name).read_bytes(), name
+    assert (tmp_path / "model.bin").stat().st_size < 2_000_000
