@@ -25,15 +25,26 @@ PAGE_JSON_KEY = "page_json"  # metadata this step sets: what the kept sample's .
 JSON_FORMATS = ("pdfa", "idl")
 
 
-# PDFium's load errors (fpdfview.h: FPDF_ERR_SUCCESS 0, FILE 2, FORMAT 3, PASSWORD 4, SECURITY 5)
+# PDFium's load errors (fpdfview.h: FPDF_ERR_FILE 2, FORMAT 3, PASSWORD 4, SECURITY 5). PDFium keeps the last
+# error and does not clear it, and it sets none when it declines a file whose page tree has no page.
 _ENCRYPTED_ERRORS = (4, 5)  # a password we do not have, or a security handler PDFium does not support
-_EMPTY_ERROR = 0  # the file parses but PDFium makes no document of it: what it does for a page tree with no page
+_FILE_ERROR = 2  # never set by a load from memory: left in place beforehand, it shows that the load set nothing
 
 
-def pdf_problem(error: Exception) -> str:
-    """`encrypted`, `empty` or `corrupt`, from the error code PDFium gives for a document it would not load."""
-    code = getattr(error, "err_code", None)
-    return "encrypted" if code in _ENCRYPTED_ERRORS else "empty" if code == _EMPTY_ERROR else "corrupt"
+def load_problem(pdf: bytes) -> str:
+    """Why PDFium will not load `pdf`: `encrypted`, `empty` (it set no error: no page) or `corrupt`. The error
+    state is first set to FPDF_ERR_FILE (a failed open of a path that does not exist), so a stale code from an
+    earlier file cannot leak into this one's reason."""
+    import pypdfium2 as pdfium
+    import pypdfium2.raw as pdfium_c
+
+    pdfium_c.FPDF_LoadDocument(b"/nonexistent/idefics2-recipe-reset.pdf", None)
+    try:
+        pdfium.PdfDocument(pdf).close()
+        return "corrupt"  # loads now: it failed for another reason before (not expected)
+    except pdfium.PdfiumError as error:
+        code = getattr(error, "err_code", None)
+    return "encrypted" if code in _ENCRYPTED_ERRORS else "empty" if code == _FILE_ERROR else "corrupt"
 
 
 def count_pages(pdf: bytes) -> int | str:
@@ -42,8 +53,8 @@ def count_pages(pdf: bytes) -> int | str:
 
     try:
         document = pdfium.PdfDocument(pdf)
-    except pdfium.PdfiumError as error:
-        return pdf_problem(error)
+    except pdfium.PdfiumError:
+        return load_problem(pdf)
     try:
         return len(document)
     finally:
@@ -140,8 +151,8 @@ class PdfPageRenderer(BaseFilter):
             self._open_for = id(sample)
             try:
                 self._pdf = pdfium.PdfDocument(sample["pdf"])
-            except pdfium.PdfiumError as error:
-                self._pdf = pdf_problem(error)
+            except pdfium.PdfiumError:
+                self._pdf = load_problem(sample["pdf"])
             self._pages = parse_pages(sample.get("json"))
             if sample.get("json") is not None and self._pages is None:
                 self.stat_update("json/unreadable")
@@ -161,11 +172,12 @@ class PdfPageRenderer(BaseFilter):
             width, height = page.get_size()
             if not (0 < width < 1e5 and 0 < height < 1e5):  # PDF user units; 1e5 pt is ~35 m
                 return False, "bad_page_size"
-            image = page.render(scale=self._scale(width, height)).to_pil().convert("RGB")
+            image = page.render(scale=self._scale(width, height), rev_byteorder=True).to_pil()  # RGB, no swap
             text_layer = None if (found := self._json_text(number)) else page.get_textpage().get_text_range()
         except pdfium.PdfiumError:
             return False, "render_failed"
         jpeg = io.BytesIO()
+        image = image if image.mode == "RGB" else image.convert("RGB")
         image.save(jpeg, format="JPEG", quality=self.jpeg_quality)
         self._attach(doc, jpeg.getvalue(), image.size, found, text_layer)
         return True

@@ -216,3 +216,14 @@ def test_json_that_is_not_pages_reads_as_none():
     assert parse_pages(b'{"pages": [{"lines": {"text": ["a"]}}]}') == [{"lines": {"text": ["a"]}}]
     for bad in (b"[1]", b'{"pages": 3}', b"\xff\xfe", b"[" * 200_000, None):
         assert parse_pages(bad) is None
+
+
+def test_pdf_reasons_do_not_depend_on_the_file_before():
+    """PDFium leaves its last error in place: an empty PDF read after a corrupt or encrypted one is still empty."""
+    from filters.pdf_pages import count_pages
+
+    blank, corrupt = make_pdf([]), b"%PDF-1.4\nnot a body\n%%EOF\n"
+    encrypted = make_pdf([["locked"]], encrypted=True)
+    for before, reason in ((corrupt, "corrupt"), (encrypted, "encrypted"), (blank, "empty")):
+        assert count_pages(before) == reason
+        assert count_pages(blank) == "empty" and count_pages(make_pdf([["a"], ["b"]])) == 2
