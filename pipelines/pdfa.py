@@ -2,14 +2,17 @@
 
 Steps, in order: `pages` (render each page with PDFium, text from the sample's JSON lines or the PDF's text
 layer; encrypted, corrupt, empty and over-long PDFs removed with their reason), `min_text` (pages with too little
-text), `decontam` (a page whose image or text matches an evaluation set is removed). PDFA's and IDL's samples
-carry no URL, so there is no `optout` step. Kept pages: `data/NNNNN.tar` (`<key>_<page>.jpg` + `.json`);
+text), `language` (fastText, OBELICS's rule; in the default steps only with `--format idl`: PDFA is English
+by construction), `decontam` (a page whose image or text matches an evaluation set is removed). PDFA's and IDL's
+samples carry no URL, so there is no `optout` step. Kept pages: `data/NNNNN.tar` (`<key>_<page>.jpg` + `.json`);
 removed: `removed/NNNNN.tar` (one `.json` record each, plus the `.pdf` of a PDF removed whole).
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from filters.decontam.step import POLICIES
@@ -17,6 +20,7 @@ from filters.min_text import DEFAULT_MIN_WORDS, MinTextFilter
 from filters.pdf_pages import JSON_FORMATS, PdfPageRenderer
 from pipelines.cli import PipelineSpec, main
 from pipelines.decontam_steps import DecontamOptions, build_decontam
+from pipelines.language_steps import LANGUAGE
 from pipelines.options import UsageError, option
 from pipelines.pdfa_format import PDF_PAGES_SOURCE, PDFA_HUB_INPUT
 from pipelines.steps import RunContext, StepSpec
@@ -72,7 +76,7 @@ SPEC = PipelineSpec(
     description="PDF documents (pixparse/pdfa-eng-wds, pixparse/idl-wds) into one rendered page per sample.",
     default_input=PDFA_HUB_INPUT,
     source=PDF_PAGES_SOURCE,
-    steps=(PAGES, MIN_TEXT, PAGE_DECONTAM),
+    steps=(PAGES, MIN_TEXT, LANGUAGE, PAGE_DECONTAM),
     examples=(
         "python -m pipelines.pdfa --output s3://bucket/pdfa --shards 0-1799 --executor slurm "
         "--decontam-index eval_index",
@@ -80,5 +84,20 @@ SPEC = PipelineSpec(
     ),
 )
 
+
+def with_default_steps(argv: Sequence[str]) -> list[str]:
+    """`argv`, with `--steps` made explicit when it is absent: every step but `language` for PDFA (English by
+    construction: pdfa-eng-wds), every step for `--format idl`."""
+    known, _ = _PEEK.parse_known_args(argv)
+    if known.steps is not None or "-h" in argv or "--help" in argv:
+        return list(argv)
+    steps = [s.name for s in SPEC.steps if s.name != "language" or known.format == "idl"]
+    return [*argv, "--steps", ",".join(steps)]
+
+
+_PEEK = argparse.ArgumentParser(add_help=False)
+_PEEK.add_argument("--steps")
+_PEEK.add_argument("--format")
+
 if __name__ == "__main__":
-    sys.exit(main(SPEC))
+    sys.exit(main(SPEC, with_default_steps(sys.argv[1:])))

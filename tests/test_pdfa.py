@@ -227,3 +227,16 @@ def test_pdf_reasons_do_not_depend_on_the_file_before():
     for before, reason in ((corrupt, "corrupt"), (encrypted, "encrypted"), (blank, "empty")):
         assert count_pages(before) == reason
         assert count_pages(blank) == "empty" and count_pages(make_pdf([["a"], ["b"]])) == 2
+
+
+def test_language_step_by_format(tmp_path):
+    from pipelines.pdfa import with_default_steps
+
+    assert with_default_steps(["--output", "o"])[-2:] == ["--steps", "pages,min_text,decontam"]
+    assert with_default_steps(["--format", "idl"])[-2:] == ["--steps", "pages,min_text,language,decontam"]
+    assert with_default_steps(["--format", "idl", "--steps", "pages"]) == ["--format", "idl", "--steps", "pages"]
+    model = sample_path("models", "tiny-lid", "model.bin")
+    result, log = run_pdfa("--input", str(IDL), "--output", str(tmp_path / "idl"), "--format", "idl",
+                           "--steps", "pages,language", "--lang-model", model, "--lang", "fr")
+    assert result.returncode == 0, log
+    assert summary(tmp_path / "idl")["removed"] == {"language/wrong_language": 3}  # English memos, French wanted
