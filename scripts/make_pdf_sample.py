@@ -5,8 +5,8 @@ writer below (PDF 1.4: a catalog, a page tree, Helvetica text in content streams
 network. PDFA shards (webdataset, `<key>.pdf` + `<key>.json`, JSON `{"pages": [{"lines": {...}, "words": {...}}]}`
 as pixparse/pdfa-eng-wds) hold: a 3-page document whose JSON lines are in reading order while its content stream
 draws them in another order, one with no JSON (text-layer fallback), an encrypted one, a corrupt one, one with no
-page, one whose only text is a page number, and a 6-page one. The IDL shard (pixparse/idl-wds: `.pdf`, `.tif`,
-`.json`, `.ocr`) has flat per-page JSON (`text`, `bbox` lists).
+page, one whose only text is a page number, a 6-page one, and one quoting an item of the sample evaluation set.
+The IDL shard (pixparse/idl-wds: `.pdf`, `.tif`, `.json`, `.ocr`) has flat per-page JSON (`text`, `bbox` lists).
 """
 
 from __future__ import annotations
@@ -119,6 +119,9 @@ def pdfa_shards() -> list[list[tuple[str, bytes]]]:
     plain = [["Text layer only: this sample ships no JSON at all", "second line of the text layer"]]
     six = [_text("Manual", p, 2) for p in range(6)]
     numbered = [["7"]]
+    # quotes the sample evaluation set's item leak-text-0 (pipelines/sample_data/eval): decontam removes it
+    quoting = [["Python language reference, lexical analysis, formatted string literals:",
+                "A string literal with \"'f'\" or \"'F'\" in its prefix is a formatted string literal."]]
     return [
         [("0000a_report.pdf", make_pdf(three, draw_reversed=True)), ("0000a_report.json", pdfa_json(three)),
          ("0001b_plain.pdf", make_pdf(plain)),
@@ -127,7 +130,8 @@ def pdfa_shards() -> list[list[tuple[str, bytes]]]:
          ("0003d_broken.json", pdfa_json(three[:1]))],
         [("0004e_blank.pdf", make_pdf([])), ("0004e_blank.json", b'{"pages": []}'),
          ("0005f_number.pdf", make_pdf(numbered)), ("0005f_number.json", pdfa_json(numbered)),
-         ("0006g_manual.pdf", make_pdf(six)), ("0006g_manual.json", pdfa_json(six))],
+         ("0006g_manual.pdf", make_pdf(six)), ("0006g_manual.json", pdfa_json(six)),
+         ("0007h_quoting.pdf", make_pdf(quoting)), ("0007h_quoting.json", pdfa_json(quoting))],
     ]
 
 

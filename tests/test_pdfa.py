@@ -15,7 +15,7 @@ from filters.pdf_pages import parse_pages
 from pipelines.demo import sample_path
 from pipelines.webdataset_source import iter_samples, split_name
 from scripts.make_pdf_sample import make_pdf, pdfa_json, write_tar
-from tests.conftest import run_command
+from tests.conftest import run_command, sample_decontam_index
 
 PDFA, IDL = Path(sample_path("pdfa")), Path(sample_path("idl"))
 
@@ -95,7 +95,7 @@ def test_failures_counted_with_reasons(pdfa_output):
     total = summary(pdfa_output)
     assert total["removed"] == {"pages/encrypted": 1, "pages/corrupt": 1, "pages/empty": 1,
                                 "min_text/too_little_text": 1}
-    assert total["input"] == 14 and total["kept"] == 10 and balanced(total)
+    assert total["input"] == 15 and total["kept"] == 11 and balanced(total)
     records = {r["key"]: (r, pdf) for r, pdf in removed_records(pdfa_output)}
     locked, pdf = records["0002c_locked"]
     assert locked["removed_reason"] == "encrypted" and locked["source_file"] == "pdfa-eng-train-0000.tar"
@@ -110,8 +110,19 @@ def test_too_many_pages(tmp_path):
                            "--max-pages", "5", "--shards", "1-1")
     assert result.returncode == 0, log
     total = summary(tmp_path / "out")
-    assert total["removed"] == {"pages/too_many_pages": 6, "pages/empty": 1} and total["kept"] == 1
+    assert total["removed"] == {"pages/too_many_pages": 6, "pages/empty": 1} and total["kept"] == 2
     assert balanced(total)
+
+
+def test_decontam_removes_a_page_quoting_an_evaluation_item(tmp_path):
+    result, log = run_pdfa("--input", str(PDFA), "--output", str(tmp_path / "out"), "--shards", "1-1",
+                           "--decontam-index", sample_decontam_index())  # default steps: pages,min_text,decontam
+    assert result.returncode == 0, log
+    total = summary(tmp_path / "out")
+    assert total["removed"] == {"pages/empty": 1, "min_text/too_little_text": 1, "decontam/eval_text": 1}
+    assert total["kept"] == 6 and balanced(total)
+    quoting = [r for r, _ in removed_records(tmp_path / "out") if r["removed_step"] == "decontam"]
+    assert [(q["key"], q["page"]) for q in quoting] == [("0007h_quoting", 0)]
 
 
 def test_idl_flat_json(tmp_path):
