@@ -15,7 +15,6 @@ page) is the `SampleFormat`'s business.
 from __future__ import annotations
 
 import io
-import posixpath
 import re
 import tarfile
 from collections.abc import Callable, Iterator
@@ -45,7 +44,7 @@ def unsafe_member(member: tarfile.TarInfo) -> str | None:
     if not member.isfile():
         return "link_or_special_member"
     name = member.name
-    if name.startswith("/") or "\\" in name or ".." in posixpath.normpath(name).split("/") or "\x00" in name:
+    if name.startswith("/") or "\\" in name or ".." in name.split("/") or "\x00" in name:
         return "unsafe_member_name"
     return None
 

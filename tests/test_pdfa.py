@@ -159,7 +159,7 @@ def test_shards_and_resume_match_one_run(tmp_path, pdfa_output):
 
 def _hostile_tar(path: Path, good_pdf: bytes) -> None:
     with tarfile.open(path, "w") as tar:
-        for name in ("../escape.pdf", "/abs/olute.pdf"):
+        for name in ("../escape.pdf", "/abs/olute.pdf", "inner/../sneaky.pdf"):
             info = tarfile.TarInfo(name)
             info.size = len(good_pdf)
             tar.addfile(info, io.BytesIO(good_pdf))
@@ -183,10 +183,10 @@ def test_hostile_members_skipped_and_counted(tmp_path):
     result, log = run_pdfa("--input", str(inputs), "--output", str(tmp_path / "out"), "--steps", "pages,min_text")
     assert result.returncode == 0, log
     total = summary(tmp_path / "out")
-    assert total["removed"] == {"read/unreadable_row": 5} and total["kept"] == 1 and balanced(total)
+    assert total["removed"] == {"read/unreadable_row": 6} and total["kept"] == 1 and balanced(total)
     causes = sorted(r["unreadable"] for r, _ in removed_records(tmp_path / "out"))
     assert causes == ["link_or_special_member", "link_or_special_member", "no_pdf", "unsafe_member_name",
-                      "unsafe_member_name"]
+                      "unsafe_member_name", "unsafe_member_name"]
     assert not (tmp_path / "in" / "escape.pdf").exists() and not list(tmp_path.rglob("olute.pdf"))
     good = kept_samples(tmp_path / "out")["good_00000"]["json"]  # its JSON nests too deeply: text from the PDF
     assert good["text_source"] == "pdf" and good["text"] == "A page with enough words to be kept here"
