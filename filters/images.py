@@ -156,9 +156,6 @@ class _Window:
             self.users[url] += 1
         self.documents.append(doc)
 
-    def head_ready(self) -> bool:
-        return all(self.futures[m.url].done() for m in self.documents[0].media)
-
     def pop(self) -> tuple[Document, dict[str, FetchResult], list[FetchResult]]:
         """The first document with its results (waiting for them), and the fetches no document needs anymore."""
         doc = self.documents.popleft()
@@ -221,9 +218,8 @@ class ImageAcquisitionFilter(BatchedFilter):
                     while window.documents and (len(window.futures) + len(doc.media) > self.window
                                                 or len(window.documents) >= self.window):
                         yield from self._emit(window, writer, rank)
-                    window.add(doc)
-                    while window.documents and window.head_ready():
-                        yield from self._emit(window, writer, rank)
+                    window.add(doc)  # documents leave only when the window is full: when upstream steps run (and
+                    # record their removals) depends on counts alone, never on fetch timing, so outputs repeat
                 while window.documents:
                     yield from self._emit(window, writer, rank)
             finished = True

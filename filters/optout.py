@@ -180,11 +180,14 @@ class SpawningOptOutChecker:
         known = self.cache.get(urls) if self.cache else {}
         unknown = [u for u in urls if u not in known]
         batches = [unknown[i:i + self.config.batch_size] for i in range(0, len(unknown), self.config.batch_size)]
-        with ThreadPoolExecutor(self.config.max_in_flight) as pool:
+        pool = ThreadPoolExecutor(self.config.max_in_flight)
+        try:
             for answers in pool.map(self._post, batches):
                 known.update(answers)
                 if self.cache:
                     self.cache.put(answers)  # kept even if a later batch fails: no URL is asked twice
+        finally:  # on a failure (or Ctrl-C), batches not started are cancelled rather than waited out
+            pool.shutdown(wait=False, cancel_futures=True)
         return {u for u, opted in known.items() if opted}
 
 

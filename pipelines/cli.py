@@ -259,3 +259,6 @@ def main(spec: PipelineSpec, argv: Sequence[str] | None = None) -> int:
     except CalibrationError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("interrupted; run the same command to resume", file=sys.stderr)
+        return 130

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import io
+import random
 import json
 import socket
 import tarfile
 
 import threading
+import time
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -143,6 +145,50 @@ def test_rolling_window_fetches_past_a_slow_url_and_keeps_input_order():
     assert not source.slow_waited_out, "documents after the slow URL were not fetched while it waited"
     assert [d.id for d in out] == [str(i) for i in range(200)]
     assert len(source.asked) == 200 and all(m.media_bytes for d in out for m in d.media)
+
+
+class JitterySource:
+    """Answers every URL, each after a pause drawn from `seed`: fetch timing differs from run to run."""
+
+    def __init__(self, seed: int):
+        self.rng, self.lock = random.Random(seed), threading.Lock()
+
+    def get(self, url: str) -> FetchResult:
+        with self.lock:
+            pause = self.rng.random() * 0.004
+        time.sleep(pause)
+        return FetchResult(url=url, status="ok" if "bad" not in url else "http_error",
+                           image=decode_image(jpeg_bytes()) if "bad" not in url else None)
+
+
+def test_when_upstream_and_downstream_removals_happen_does_not_depend_on_fetch_timing():
+    """Removal records are written as steps remove documents: the images step must pull documents from upstream
+    at points set by counts alone, or two identical runs write removed rows in different orders."""
+    from datatrove.pipeline.filters import LambdaFilter
+
+    class Record:
+        def __init__(self, log, step):
+            self.log, self.step = log, step
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return None
+
+        def write(self, doc, rank=0, **kwargs):
+            self.log.append((self.step, doc.id))
+
+    urls = [[f"https://img.example/{'bad' if i % 3 == 0 else 'ok'}-{i}.jpg"] for i in range(300)]
+    orders = []
+    for seed in (1, 2, 3):
+        log: list = []
+        upstream = LambdaFilter(lambda doc: int(doc.id) % 7 != 0, exclusion_writer=Record(log, "upstream"))
+        step = ImageAcquisitionFilter(JitterySource(seed), threads=8, window=64, exclusion_writer=Record(log, "images"))
+        list(step.run(upstream.run(iter(documents(urls)))))
+        orders.append(log)
+    assert orders[0] == orders[1] == orders[2]
+    assert {s for s, _ in orders[0]} == {"upstream", "images"}
 
 
 def test_window_bounds_the_urls_ahead_of_the_output():
