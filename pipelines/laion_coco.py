@@ -3,7 +3,8 @@ task per input file, every row written back unchanged with its file's own schema
 
 Steps, in order: `optout` (Spawning opt-outs on the image URLs), `images` (download, or join with an img2dataset
 download), `min_size` (decoded shorter side under 150 px), `nsfw` (by default LAION's own `punsafe` column; the
-paper removed 7%: `--nsfw-drop-top 0.07`), `decontam` (a pair matching an evaluation set is removed whole).
+paper removed 7%: `--nsfw-drop-top 0.07`), `decontam` (a pair matching an evaluation set is removed whole), and
+`language` (fastText on the caption), which runs only when `--steps` names it: BLIP captions are English already.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pipelines import cli
 from pipelines.consent_and_images import IMAGES, OPTOUT
 from pipelines.decontam_report import write_report
 from pipelines.decontam_steps import DecontamOptions, build_decontam
+from pipelines.language_steps import LANGUAGE
 from pipelines.model_steps import NsfwOptions, build_nsfw
 from pipelines.options import UsageError, add_arguments, from_args, option
 from pipelines.pairs_format import LAION_COCO_HUB_INPUT, PairColumns, PairsSource
@@ -59,6 +61,7 @@ class PairsDecontamOptions(DecontamOptions):
                          "image, which for a pair is the same", flag="--decontam-policy", choices=("document", "image"))
 
 
+DEFAULT_STEPS = ("optout", "images", "min_size", "nsfw", "decontam")  # language: only when --steps names it
 MIN_SIZE = StepSpec("min_size", build_min_size, MinSizeOptions, title="minimum image size (step min_size)")
 NSFW = StepSpec("nsfw", build_nsfw, PairsNsfwOptions, title="NSFW (step nsfw)",
                 calibration=Calibration(PairsNsfwOptions.fraction, PairsNsfwOptions.cache, needs=("images",)))
@@ -68,10 +71,11 @@ SPEC = cli.PipelineSpec(
     name="laion_coco",
     description="Filter LAION-COCO (laion/laion-coco) image-text pairs the Idefics2 way, shard by shard. The "
                 "pair's columns: --url-column (default URL) and --caption-column (default top_caption, the BLIP "
-                "caption Idefics2 used; TEXT is the alt text); other columns are carried unchanged.",
+                "caption Idefics2 used; TEXT is the alt text); other columns are carried unchanged. Without "
+                f"--steps, every step but language runs ({','.join(DEFAULT_STEPS)}).",
     default_input=LAION_COCO_HUB_INPUT,
     source=PairsSource(),
-    steps=(OPTOUT, IMAGES, MIN_SIZE, NSFW, DECONTAM),
+    steps=(OPTOUT, IMAGES, MIN_SIZE, NSFW, DECONTAM, LANGUAGE),
     examples=(
         "python -m pipelines.laion_coco --output s3://bucket/laion_coco --shards 0-127 --executor slurm "
         "--nsfw-drop-top 0.07 --decontam-index eval_index",
@@ -90,11 +94,14 @@ class ColumnOptions:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """The shared command, with the source's column flags read first: the spine's flags belong to steps."""
+    """The shared command, with the source's column flags read first (the spine's flags belong to steps) and the
+    default steps filled in (the spine's default is every declared step)."""
     parser = argparse.ArgumentParser(add_help=False)
     add_arguments(parser, "pair columns", ColumnOptions, "")
     known, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     columns = from_args(ColumnOptions, known, "")
+    if not any(arg.startswith("--step") for arg in rest):  # argparse takes --step for --steps too
+        rest = [*rest, "--steps", ",".join(DEFAULT_STEPS)]  # the spine runs every declared step by default
     return cli.main(replace(SPEC, source=PairsSource(PairColumns(columns.url, columns.caption))), rest)
 
 

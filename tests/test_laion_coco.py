@@ -88,6 +88,8 @@ def test_rows_come_back_unchanged_in_each_files_own_schema(full_run):
 
 def test_every_removal_is_counted(full_run):
     summary = assert_accounts(full_run)
+    manifest = json.loads((full_run / "manifest.json").read_text())
+    assert manifest["steps"] == ["optout", "images", "min_size", "nsfw", "decontam"]  # language: off by default
     removed = summary["total"]["removed"]
     assert summary["total"]["input"] == 80
     for reason in ("optout/all_images_opted_out", "images/no_image_left", "min_size/too_small", "nsfw/nsfw_image"):
@@ -220,3 +222,14 @@ def test_hostile_files_and_rows(tmp_path):
     assert summary["total"]["kept"] == 1 and summary["total"]["removed"] == {"read/unreadable_row": 4}
     removed = pq.read_table(output / "removed" / "00000.parquet").to_pylist()
     assert [r["URL"] for r in removed] == urls[1:]  # the rows as they were, for the record
+
+
+def test_language_runs_when_named(tmp_path):
+    output = tmp_path / "out"
+    result = laion_coco("--input", str(SAMPLE), "--output", str(output), "--steps", "language",
+                        "--lang-model", sample_path("models", "tiny-lid", "model.bin"))
+    assert result.returncode == 0, result.stderr
+    summary = assert_accounts(output)
+    assert json.loads((output / "manifest.json").read_text())["steps"] == ["language"]
+    assert summary["total"]["kept"] > 0 and set(summary["total"]["removed"]) <= {"language/wrong_language",
+                                                                                 "language/low_language_score"}
