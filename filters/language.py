@@ -81,8 +81,8 @@ def _load(path: str):
 
 def prepared_text(text: str) -> str:
     """What fastText scores: OBELICS's lowercased one-line text, as valid UTF-8 (a lone surrogate from a hostile
-    row would make fastText's binding refuse the whole batch)."""
-    text = text.lower().replace("\n", " ")
+    row would make fastText's binding refuse the whole batch); NUL, which fastText reads as a space, as a space."""
+    text = text.lower().replace("\n", " ").replace("\0", " ")
     return text.encode("utf-8", "replace").decode("utf-8")
 
 
@@ -136,6 +136,6 @@ class LanguageFilter(BatchedFilter):
             return True
         if language not in self.languages:
             return False, "wrong_language"
-        if score < self.min_score:
+        if not score >= self.min_score:  # NaN from a broken model is not a pass
             return False, "low_language_score"
         return True

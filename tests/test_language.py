@@ -46,7 +46,7 @@ def test_tiny_model_identifies_held_out_sentences_and_the_english_sample():
 
 
 def test_removal_reasons_and_annotations():
-    texts = [ENGLISH, FRENCH, GERMAN, "", " \n\n \t", "The cat sits on the table and looks at the birds."]
+    texts = [ENGLISH, FRENCH, GERMAN, "", " \n\n \t\x00", "The cat sits on the table and looks at the birds."]
     results = judge(texts)
     assert [r for _, r in results] == [True, (False, "wrong_language"), (False, "wrong_language"),
                                        (False, "no_text"), (False, "no_text"), True]
@@ -59,6 +59,9 @@ def test_removal_reasons_and_annotations():
     score = results[0][0].metadata["language_score"]
     (doc, result), = judge([ENGLISH], min_score=min(1.0, score + 1e-6))
     assert result == (False, "low_language_score") and doc.metadata["language"] == "en"
+    # a NaN probability (a broken model) is no pass
+    assert LanguageFilter(TINY_LID)._judge(Document(text="x", id="n"), "en", float("nan")) == (
+        False, "low_language_score")
     # annotation only: nothing removed, even without text
     assert [r for _, r in judge(texts, min_score=None)] == [True] * len(texts)
 
