@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from datatrove.data import Document
 from datatrove.pipeline.writers.disk_base import DiskWriter
+from datatrove.utils.logging import logger
 
 from filters.batched import BatchedFilter
 from filters.layout import remove_images_or_document
@@ -34,6 +35,7 @@ class MinImageSizeFilter(BatchedFilter):
         if min_side < 1:
             raise ValueError(f"min_side must be at least 1, not {min_side}")
         self.min_side = min_side
+        self._warned = False
 
     def filter_batch(self, batch: list[Document]) -> list[bool | tuple[bool, str]]:
         return [self._judge(doc) for doc in batch]
@@ -48,6 +50,10 @@ class MinImageSizeFilter(BatchedFilter):
                 small.append(index)
         self.stat_update("images_too_small", value=len(small))
         self.stat_update("images_unmeasured", value=len(unmeasured))
+        if unmeasured and not self._warned:
+            self._warned = True
+            logger.warning("min_size: an image has no decoded size (original_width/original_height): it is removed; "
+                           "run the images step before min_size")
         return remove_images_or_document(doc, sorted(small + unmeasured), "too_small" if small else "unmeasured")
 
 
