@@ -36,6 +36,10 @@ def local_output(tmp_path_factory):
     return output
 
 
+# a job that holds the node (its log goes nowhere, not into the working folder)
+BLOCKER = ["sbatch", "--parsable", "--exclusive", "--time", "00:10:00", "--output", "/dev/null", "--wrap", "sleep 300"]
+
+
 def assert_same_outputs(a, b):
     for kind in ("data", "removed", "images"):
         names = sorted(p.name for p in (a / kind).iterdir())
@@ -54,8 +58,14 @@ def slurm_node_idle() -> bool:
 
 @pytest.fixture
 def slurm():
-    if not slurm_node_idle():
-        skip_or_fail("no Slurm cluster with an idle node (`.ci/slurm-up.sh` starts one)")
+    """A Slurm node free to run jobs; one still finishing an earlier test's jobs (completing) is waited for."""
+    if not shutil.which("sinfo"):
+        skip_or_fail("no Slurm cluster (`.ci/slurm-up.sh` starts one)")
+    deadline = time.monotonic() + 60
+    while not slurm_node_idle():
+        if time.monotonic() > deadline:
+            skip_or_fail("no Slurm cluster with an idle node (`.ci/slurm-up.sh` starts one)")
+        time.sleep(1)
 
 
 def submitted_jobs(output: Path) -> list[str]:
@@ -120,7 +130,7 @@ def test_detached_split_submission_followed_with_status_and_resumed(slurm, tmp_p
     output = tmp_path / "out"
     command = ("pipelines.obelics", "--input", SAMPLE_OBELICS, "--output", str(output), "--steps", "structure",
                *SLURM_FLAGS, "--slurm-max-array-size", "2", "--detach")
-    blocker = subprocess.run(["sbatch", "--parsable", "--exclusive", "--time", "00:10:00", "--wrap", "sleep 300"],
+    blocker = subprocess.run(BLOCKER,
                              capture_output=True, text=True, check=True).stdout.strip()
     try:
         result = run_command(*command, timeout=120)
@@ -148,7 +158,7 @@ def test_detached_split_submission_followed_with_status_and_resumed(slurm, tmp_p
 @pytest.mark.slurm
 def test_ctrl_c_while_waiting_leaves_the_jobs_running(slurm, tmp_path):
     output = tmp_path / "out"
-    blocker = subprocess.run(["sbatch", "--parsable", "--exclusive", "--time", "00:10:00", "--wrap", "sleep 300"],
+    blocker = subprocess.run(BLOCKER,
                              capture_output=True, text=True, check=True).stdout.strip()
     try:
         process = subprocess.Popen(
