@@ -23,6 +23,7 @@ KEY, PAGE, PAGES = "key", "page", "pages"  # metadata: sample key, page number (
 PDF_ERROR_KEY = "pdf_error"  # metadata: why the PDF could not be paged: encrypted, corrupt, empty
 PAGE_JSON_KEY = "page_json"  # metadata this step sets: what the kept sample's .json holds
 JSON_FORMATS = ("pdfa", "idl")
+DEFAULT_MAX_PAGES = 3000  # the pixparse/idl-wds card: "In each pdf, there may be from 1 to up to 3000 pages"
 
 
 # PDFium's load errors (fpdfview.h: FPDF_ERR_FILE 2, FORMAT 3, PASSWORD 4, SECURITY 5). PDFium keeps the last
@@ -116,14 +117,14 @@ class PdfPageRenderer(BaseFilter):
     name = "pages"
     _requires_dependencies = ["pypdfium2"]
 
-    def __init__(self, max_pages: int = 1000, max_side: int = 980, dpi: float | None = None, jpeg_quality: int = 90,
-                 json_format: str = "pdfa", exclusion_writer: DiskWriter | None = None):
+    def __init__(self, max_pages: int = DEFAULT_MAX_PAGES, max_side: int = 980, dpi: float | None = None,
+                 jpeg_quality: int = 90, json_format: str = "pdfa", exclusion_writer: DiskWriter | None = None):
         super().__init__(exclusion_writer)
         if json_format not in JSON_FORMATS:
             raise ValueError(f"json_format must be one of {JSON_FORMATS}, not {json_format!r}")
         self.max_pages, self.max_side, self.dpi = max_pages, max_side, dpi
         self.jpeg_quality, self.json_format = jpeg_quality, json_format
-        self._open_for: int | None = None  # id() of the sample whose PDF is open
+        self._open_for: dict | None = None  # the sample whose PDF is open (held, so it is compared by identity)
         self._pdf, self._pages = None, None
 
     def run(self, data, rank: int = 0, world_size: int = 1):
@@ -146,9 +147,9 @@ class PdfPageRenderer(BaseFilter):
         """The sample's open PdfDocument (kept while its pages go by) and its parsed JSON pages."""
         import pypdfium2 as pdfium
 
-        if self._open_for != id(sample):
+        if self._open_for is not sample:
             self._close()
-            self._open_for = id(sample)
+            self._open_for = sample
             try:
                 self._pdf = pdfium.PdfDocument(sample["pdf"])
             except pdfium.PdfiumError:
@@ -166,21 +167,32 @@ class PdfPageRenderer(BaseFilter):
     def _page(self, doc: Document, pdf) -> bool | tuple[bool, str]:
         import pypdfium2 as pdfium
 
-        number = doc.metadata[PAGE]
+        number, page = doc.metadata[PAGE], None
         try:
             page = pdf[number]
             width, height = page.get_size()
             if not (0 < width < 1e5 and 0 < height < 1e5):  # PDF user units; 1e5 pt is ~35 m
                 return False, "bad_page_size"
             image = page.render(scale=self._scale(width, height), rev_byteorder=True).to_pil()  # RGB, no swap
-            text_layer = None if (found := self._json_text(number)) else page.get_textpage().get_text_range()
+            found = self._json_text(number)
+            text_layer = None if found else self._text_layer(page)
         except pdfium.PdfiumError:
             return False, "render_failed"
+        finally:
+            if page is not None:
+                page.close()
         jpeg = io.BytesIO()
-        image = image if image.mode == "RGB" else image.convert("RGB")
-        image.save(jpeg, format="JPEG", quality=self.jpeg_quality)
+        (image if image.mode == "RGB" else image.convert("RGB")).save(jpeg, format="JPEG", quality=self.jpeg_quality)
         self._attach(doc, jpeg.getvalue(), image.size, found, text_layer)
         return True
+
+    @staticmethod
+    def _text_layer(page) -> str:
+        textpage = page.get_textpage()
+        try:
+            return textpage.get_text_range()
+        finally:
+            textpage.close()
 
     def _scale(self, width: float, height: float) -> float:
         """Pixels per PDF point: longest side `max_side`, and no more than `dpi` when given (72 pt an inch)."""

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from filters.decontam.step import POLICIES
 from filters.min_text import DEFAULT_MIN_WORDS, MinTextFilter
-from filters.pdf_pages import JSON_FORMATS, PdfPageRenderer
+from filters.pdf_pages import DEFAULT_MAX_PAGES, JSON_FORMATS, PdfPageRenderer
 from pipelines.cli import PipelineSpec, main
 from pipelines.decontam_steps import DecontamOptions, build_decontam
 from pipelines.language_steps import LANGUAGE
@@ -30,7 +30,7 @@ from pipelines.steps import RunContext, StepSpec
 class PageOptions:
     format: str = option("pdfa", "sample JSON layout: pdfa (pixparse/pdfa-eng-wds) or idl (pixparse/idl-wds)",
                          flag="--format", choices=JSON_FORMATS)
-    max_pages: int = option(3000, "remove PDFs with more pages (the IDL card's longest have 3,000)",
+    max_pages: int = option(DEFAULT_MAX_PAGES, "remove PDFs with more pages (the IDL card's longest have 3,000)",
                             flag="--max-pages")
     max_side: int = option(980, "rendered longest side (Idefics2 stage 2 trains on images up to 980 px)",
                            unit="px", flag="--max-side")

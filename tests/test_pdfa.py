@@ -251,3 +251,28 @@ def test_language_step_by_format(tmp_path):
                            "--steps", "pages,language", "--lang-model", model, "--lang", "fr")
     assert result.returncode == 0, log
     assert summary(tmp_path / "idl")["removed"] == {"language/wrong_language": 3}  # English memos, French wanted
+
+
+def test_each_page_rendered_from_its_own_pdf():
+    """A sample that reuses the memory (the id()) of the sample before it is still another PDF: the renderer once
+    remembered only the id of the open sample, and rendered the new page from the old PDF."""
+    from datatrove.data import Document
+
+    from filters.pdf_pages import KEY, PAGE, PAGES, SAMPLE_KEY, PdfPageRenderer
+
+    def page_of(fields: dict, n: int) -> Document:
+        return Document(text="", id=str(n), metadata={KEY: f"k{n}", PAGE: 0, PAGES: 1, SAMPLE_KEY: fields})
+
+    first, second = (make_pdf([[f"document number {n} alone on its page"]]) for n in (0, 1))
+    renderer = PdfPageRenderer(max_side=64)
+    fields = {"pdf": first}
+    doc, freed = page_of(fields, 0), id(fields)
+    assert renderer.filter(doc) is True and doc.text == "document number 0 alone on its page"
+    del doc, fields
+    held = [{"pdf": second}]  # CPython gives a freed dict's memory to a new dict: look for one with the old id
+    while id(held[-1]) != freed and len(held) < 10_000:  # (none while the renderer holds the open sample)
+        held.append({"pdf": second})
+    fields = held[-1]
+    doc = page_of(fields, 1)
+    assert renderer.filter(doc) is True and doc.text == "document number 1 alone on its page"
+    renderer._close()
