@@ -105,13 +105,15 @@ def test_failures_counted_with_reasons(pdfa_output):
     assert number["page"] == 0 and number["text"] == "7" and no_pdf is None
 
 
-def test_too_many_pages(tmp_path):
+def test_too_many_pages_and_dpi(tmp_path):
     result, log = run_pdfa("--input", str(PDFA), "--output", str(tmp_path / "out"), "--steps", "pages",
-                           "--max-pages", "5", "--shards", "1-1")
+                           "--max-pages", "5", "--shards", "1-1", "--dpi", "50")
     assert result.returncode == 0, log
     total = summary(tmp_path / "out")
     assert total["removed"] == {"pages/too_many_pages": 6, "pages/empty": 1} and total["kept"] == 2
     assert balanced(total)
+    sizes = {Image.open(io.BytesIO(s["jpg"])).size for s in kept_samples(tmp_path / "out").values()}
+    assert sizes == {(425, 550)}  # US Letter (612 x 792 pt) at 50 dpi: under the 980 px bound
 
 
 def test_decontam_removes_a_page_quoting_an_evaluation_item(tmp_path):
