@@ -19,6 +19,7 @@ from filters.decontam.step import POLICIES
 from filters.min_text import DEFAULT_MIN_WORDS, MinTextFilter
 from filters.pdf_pages import DEFAULT_MAX_PAGES, JSON_FORMATS, PdfPageRenderer
 from pipelines.cli import PipelineSpec, main
+from pipelines.decontam_report import write_report
 from pipelines.decontam_steps import DecontamOptions, build_decontam
 from pipelines.language_steps import LANGUAGE
 from pipelines.options import UsageError, option
@@ -82,6 +83,7 @@ SPEC = PipelineSpec(
         "--decontam-index eval_index",
         "python -m pipelines.pdfa --input ./idl --format idl --output ./idl-pages --steps pages,min_text",
     ),
+    reports=(write_report,),
 )
 
 

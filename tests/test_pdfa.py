@@ -125,6 +125,7 @@ def test_decontam_removes_a_page_quoting_an_evaluation_item(tmp_path):
     assert total["kept"] == 6 and balanced(total)
     quoting = [r for r, _ in removed_records(tmp_path / "out") if r["removed_step"] == "decontam"]
     assert [(q["key"], q["page"]) for q in quoting] == [("0007h_quoting", 0)]
+    assert "decontam: 1 match(es)" in result.stdout and (tmp_path / "out" / "decontam_report.md").is_file()
 
 
 def test_idl_flat_json(tmp_path):
