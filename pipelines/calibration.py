@@ -124,7 +124,7 @@ def check_calibration_inputs(run: Run, checked: set[int]) -> None:
         return
     shards = calibration_shards(run)
     try:
-        run.spec.source.check(get_datafolder(run.input_path), [run.files[s] for s in shards if s not in checked])
+        run.source.check(get_datafolder(run.input_path), [run.files[s] for s in shards if s not in checked])
     except UsageError as error:
         raise UsageError(f"{error}; it is a calibration shard: choose others with --calibration-shards") from None
 

@@ -42,6 +42,9 @@ class PipelineSpec:
     source: Source
     steps: Sequence[StepSpec]
     examples: Sequence[str] = ()  # shown by --help
+    # the source's own options (e.g. which columns hold the pair): a dataclass made with `option`, flags without
+    # a prefix, recorded in the manifest; `source.configured(options)` gives the source the run reads
+    source_options: type | None = None
     reports: Sequence[Callable[[DataFolder], str | None]] = field(default_factory=tuple)  # written after a run
 
     def step(self, name: str) -> StepSpec:
@@ -68,8 +71,11 @@ def build_parser(spec: PipelineSpec) -> argparse.ArgumentParser:
                     help="output folder, local or any fsspec URL: data/, removed/, summary.json, logs/")
     io.add_argument("--shards", default=None, metavar="A-B",
                     help="inclusive range of input files, numbered in sorted order (default: all)")
+    defaults = ",".join(s.name for s in spec.steps if s.default is True)
+    optional = [s.name for s in spec.steps if s.default is not True]
     io.add_argument("--steps", default=None, metavar="a,b,c",
-                    help=f"steps to run, in pipeline order (default: all: {','.join(s.name for s in spec.steps)})")
+                    help=f"steps to run, in pipeline order (default: {defaults}"
+                         f"{'; also on request: ' + ','.join(optional) if optional else ''})")
     io.add_argument("--limit", type=int, default=None, help="documents per shard, for smoke runs (default: all)")
     io.add_argument("--logging-dir", default=None, help="logs, stats, completion markers (default: OUTPUT/logs)")
     io.add_argument("--cache-dir", default=None,
@@ -77,6 +83,8 @@ def build_parser(spec: PipelineSpec) -> argparse.ArgumentParser:
                          "local output, else ~/.cache/idefics2-recipe/<hash of OUTPUT>)")
     io.add_argument("--calibration-shards", default=None, metavar="A-B",
                     help="shards whose scores set calibrated cuts such as --ppl-drop-top (default: all input files)")
+    if spec.source_options:
+        add_arguments(parser, "source", spec.source_options, "")
     ExecutorOptions.add_arguments(parser, job_name=f"idefics2-{spec.name}")
     for step in spec.steps:
         if step.options:
@@ -84,10 +92,10 @@ def build_parser(spec: PipelineSpec) -> argparse.ArgumentParser:
     return parser
 
 
-def parse_steps(text: str | None, spec: PipelineSpec) -> list[str]:
+def parse_steps(text: str | None, spec: PipelineSpec, args: argparse.Namespace) -> list[str]:
     names = [s.name for s in spec.steps]
     if text is None:
-        return names
+        return [s.name for s in spec.steps if s.runs_by_default(args)]
     asked = [s.strip() for s in text.split(",") if s.strip()]
     if not asked:
         raise UsageError(f"--steps: give at least one step (choose from {','.join(names)})")
@@ -145,6 +153,8 @@ class Run:
 
     spec: PipelineSpec
     args: argparse.Namespace
+    source: Source  # the spec's source, configured by the source options
+    source_options: object | None
     input_path: str
     files: list[str]
     steps: list[str]
@@ -162,17 +172,18 @@ class Run:
                  thresholds: dict | None = None, write: bool = True) -> list[PipelineStep]:
         specs = [self.spec.step(name) for name in steps]
         if write:
-            writer = ShardWriter(self.args.output, self.spec.source, [out for s in specs for out in s.outputs])
+            writer = ShardWriter(self.args.output, self.source, [out for s in specs for out in s.outputs])
         else:
             writer = DiscardingWriter()
         ctx = self.context(writer, scoring_only, thresholds)
-        reader = self.spec.source.reader(self.input_path, self.files, -1 if self.args.limit is None else
-                                         self.args.limit)
+        reader = self.source.reader(self.input_path, self.files, -1 if self.args.limit is None else self.args.limit)
         return [reader, UnreadableFilter(exclusion_writer=ctx.recorder("read")),
                 *(s.build(self.options.get(s.name), ctx) for s in specs), writer]
 
     def manifest(self) -> dict:
         options = {"--calibration-shards": self.args.calibration_shards} if calibrated_steps(self) else {}
+        if self.source_options is not None:
+            options.update(output_options(self.source_options, ""))
         for name in self.steps:
             step = self.spec.step(name)
             if step.options:
@@ -182,12 +193,14 @@ class Run:
 
 
 def resolve(spec: PipelineSpec, args: argparse.Namespace) -> Run:
-    steps = parse_steps(args.steps, spec)
+    steps = parse_steps(args.steps, spec, args)
     executor = ExecutorOptions.from_args(args)
-    input_path, files = list_input(args.input, spec.source.suffix)
+    source_options = from_args(spec.source_options, args, "") if spec.source_options else None
+    source = spec.source.configured(source_options) if source_options is not None else spec.source
+    input_path, files = list_input(args.input, source.suffix)
     check_paths(args, input_path)
     options = {s.name: from_args(s.options, args, s.prefix or s.name) for s in spec.steps if s.options}
-    return Run(spec, args, input_path, files, steps, options, executor)
+    return Run(spec, args, source, source_options, input_path, files, steps, options, executor)
 
 
 def run(spec: PipelineSpec, args: argparse.Namespace) -> int:
@@ -207,7 +220,7 @@ def run(spec: PipelineSpec, args: argparse.Namespace) -> int:
         print(summaries.format_report("output so far", summaries.update_summary(output, done, logging_dir)["total"]))
         return 0
     print(f"{title}: {len(pending)} to run, {len(done)} already done; steps {','.join(run.steps)}", file=sys.stderr)
-    spec.source.check(get_datafolder(run.input_path), [run.files[s] for s in pending])
+    run.source.check(get_datafolder(run.input_path), [run.files[s] for s in pending])
     run.pipeline(run.steps, scoring_only=frozenset(run.steps))  # every step built once: flags checked before work
     check_calibration_inputs(run, checked=set(pending))
     check_and_write(output, run.manifest(), shards)  # before any work, calibration included

@@ -9,13 +9,9 @@ paper removed 7%: `--nsfw-drop-top 0.07`), `decontam` (a pair matching an evalua
 
 from __future__ import annotations
 
-import argparse
-import os
 import sys
-from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from filters.annotation_cache import ShardScoreCache
 from filters.min_size import IDEFICS2_MIN_SIDE, MinImageSizeFilter
 from pipelines import cli
 from pipelines.consent_and_images import IMAGES, OPTOUT
@@ -23,7 +19,7 @@ from pipelines.decontam_report import write_report
 from pipelines.decontam_steps import DecontamOptions, build_decontam
 from pipelines.language_steps import LANGUAGE
 from pipelines.model_steps import NsfwOptions, build_nsfw
-from pipelines.options import UsageError, add_arguments, from_args, option
+from pipelines.options import UsageError, option
 from pipelines.pairs_format import LAION_COCO_HUB_INPUT, PairColumns, PairsSource
 from pipelines.steps import Calibration, RunContext, StepSpec
 
@@ -42,17 +38,11 @@ def build_min_size(options: MinSizeOptions, ctx: RunContext) -> MinImageSizeFilt
 
 @dataclass
 class PairsNsfwOptions(NsfwOptions):
-    """Pairs default to the score LAION ships (`punsafe`); its judged scores are kept so `--nsfw-drop-top` can
-    calibrate on them like a model's."""
+    """Pairs default to the score LAION ships (`punsafe`); `--nsfw-drop-top` calibrates on it like a model's."""
 
     backend: str = option("source", "source: the score the pairs carry (--nsfw-source-key); clip: LAION's CLIP "
                           "detector (needs --nsfw-head); classifier: a transformers image classifier (--nsfw-model)",
                           flag="--nsfw-backend", choices=("clip", "classifier", "source"))
-
-    def cache(self, ctx: RunContext) -> ShardScoreCache | None:
-        if self.backend != "source":
-            return super().cache(ctx)
-        return ShardScoreCache(os.path.join(ctx.output, "scores", "nsfw", f"source-{self.source_key}"))
 
 
 @dataclass
@@ -61,7 +51,13 @@ class PairsDecontamOptions(DecontamOptions):
                          "image, which for a pair is the same", flag="--decontam-policy", choices=("document", "image"))
 
 
-DEFAULT_STEPS = ("optout", "images", "min_size", "nsfw", "decontam")  # language: only when --steps names it
+@dataclass
+class ColumnOptions:
+    url: str = option(PairColumns.url, "column of the image URLs", flag="--url-column")
+    caption: str = option(PairColumns.caption, "column of the captions (TEXT: LAION's alt text)",
+                          flag="--caption-column")
+
+
 MIN_SIZE = StepSpec("min_size", build_min_size, MinSizeOptions, title="minimum image size (step min_size)")
 NSFW = StepSpec("nsfw", build_nsfw, PairsNsfwOptions, title="NSFW (step nsfw)",
                 calibration=Calibration(PairsNsfwOptions.fraction, PairsNsfwOptions.cache, needs=("images",)))
@@ -71,11 +67,11 @@ SPEC = cli.PipelineSpec(
     name="laion_coco",
     description="Filter LAION-COCO (laion/laion-coco) image-text pairs the Idefics2 way, shard by shard. The "
                 "pair's columns: --url-column (default URL) and --caption-column (default top_caption, the BLIP "
-                "caption Idefics2 used; TEXT is the alt text); other columns are carried unchanged. Without "
-                f"--steps, every step but language runs ({','.join(DEFAULT_STEPS)}).",
+                "caption Idefics2 used; TEXT is the alt text); other columns are carried unchanged.",
     default_input=LAION_COCO_HUB_INPUT,
     source=PairsSource(),
-    steps=(OPTOUT, IMAGES, MIN_SIZE, NSFW, DECONTAM, LANGUAGE),
+    source_options=ColumnOptions,
+    steps=(OPTOUT, IMAGES, MIN_SIZE, NSFW, DECONTAM, replace(LANGUAGE, default=False)),  # BLIP captions: English
     examples=(
         "python -m pipelines.laion_coco --output s3://bucket/laion_coco --shards 0-127 --executor slurm "
         "--nsfw-drop-top 0.07 --decontam-index eval_index",
@@ -86,24 +82,5 @@ SPEC = cli.PipelineSpec(
 )
 
 
-@dataclass
-class ColumnOptions:
-    url: str = option(PairColumns.url, "column of the image URLs", flag="--url-column")
-    caption: str = option(PairColumns.caption, "column of the captions (TEXT: LAION's alt text)",
-                          flag="--caption-column")
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """The shared command, with the source's column flags read first (the spine's flags belong to steps) and the
-    default steps filled in (the spine's default is every declared step)."""
-    parser = argparse.ArgumentParser(add_help=False)
-    add_arguments(parser, "pair columns", ColumnOptions, "")
-    known, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
-    columns = from_args(ColumnOptions, known, "")
-    if not any(arg.startswith("--step") for arg in rest):  # argparse takes --step for --steps too
-        rest = [*rest, "--steps", ",".join(DEFAULT_STEPS)]  # the spine runs every declared step by default
-    return cli.main(replace(SPEC, source=PairsSource(PairColumns(columns.url, columns.caption))), rest)
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.main(SPEC))

@@ -116,9 +116,10 @@ class NsfwOptions:
     def fraction(self) -> float | None:
         return _fraction(self.drop_top, "--nsfw-drop-top")
 
-    def cache(self, ctx: RunContext) -> ShardScoreCache | None:
+    def cache(self, ctx: RunContext) -> ShardScoreCache:
+        """Scores by backend and model; the source's own scores are kept too, so a cut can be calibrated on them."""
         if self.backend == "source":
-            return None  # the source's own scores: nothing to compute or keep
+            return _score_cache(ctx, "nsfw", {"backend": "source", "key": self.source_key})
         identity = {"backend": self.backend, "model": normalise_path(self.model),
                     "clip": normalise_path(self.clip_model), "head": normalise_path(self.head)}
         return _score_cache(ctx, "nsfw", identity)

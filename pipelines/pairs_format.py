@@ -164,6 +164,10 @@ class PairsSource:
     suffix: str = ".parquet"
     batch_rows: int = 500
 
+    def configured(self, options) -> PairsSource:
+        """This source reading the columns the run's `--url-column` and `--caption-column` name."""
+        return replace(self, columns=PairColumns(options.url, options.caption))
+
     def check(self, folder: DataFolder, files: list[str]) -> None:
         """Read each file's footer: not parquet, a run column missing or not text, or an unusable schema stops here."""
         check_files(folder, files, self._problem)

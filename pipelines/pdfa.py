@@ -10,10 +10,8 @@ removed: `removed/NNNNN.tar` (one `.json` record each, plus the `.pdf` of a PDF 
 
 from __future__ import annotations
 
-import argparse
 import sys
-from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from filters.decontam.step import POLICIES
 from filters.min_text import DEFAULT_MIN_WORDS, MinTextFilter
@@ -77,7 +75,8 @@ SPEC = PipelineSpec(
     description="PDF documents (pixparse/pdfa-eng-wds, pixparse/idl-wds) into one rendered page per sample.",
     default_input=PDFA_HUB_INPUT,
     source=PDF_PAGES_SOURCE,
-    steps=(PAGES, MIN_TEXT, LANGUAGE, PAGE_DECONTAM),
+    # language by default only for IDL (scanned, multilingual); pdfa-eng-wds is English by construction
+    steps=(PAGES, MIN_TEXT, replace(LANGUAGE, default=lambda args: args.format == "idl"), PAGE_DECONTAM),
     examples=(
         "python -m pipelines.pdfa --output s3://bucket/pdfa --shards 0-1799 --executor slurm "
         "--decontam-index eval_index",
@@ -87,19 +86,5 @@ SPEC = PipelineSpec(
 )
 
 
-def with_default_steps(argv: Sequence[str]) -> list[str]:
-    """`argv`, with `--steps` made explicit when it is absent: every step but `language` for PDFA (English by
-    construction: pdfa-eng-wds), every step for `--format idl`."""
-    known, _ = _PEEK.parse_known_args(argv)
-    if known.steps is not None or "-h" in argv or "--help" in argv:
-        return list(argv)
-    steps = [s.name for s in SPEC.steps if s.name != "language" or known.format == "idl"]
-    return [*argv, "--steps", ",".join(steps)]
-
-
-_PEEK = argparse.ArgumentParser(add_help=False)
-_PEEK.add_argument("--steps")
-_PEEK.add_argument("--format")
-
 if __name__ == "__main__":
-    sys.exit(main(SPEC, with_default_steps(sys.argv[1:])))
+    sys.exit(main(SPEC))

@@ -53,7 +53,9 @@ class StepSpec:
     calibration: Calibration | None = None
     expensive: bool = False  # a calibration pass skips it unless a calibrated step needs it
     outputs: Sequence[Callable[[Any, str], Any]] = ()  # extra per-shard files the writer keeps (fetched images)
+    # runs when --steps is not given: True, False (only when --steps names it), or a rule on the parsed flags
+    default: bool | Callable[[Any], bool] = True
 
-    def default_options(self) -> Any:
-        return self.options() if self.options else None
+    def runs_by_default(self, args: Any) -> bool:
+        return self.default(args) if callable(self.default) else self.default
 

@@ -244,11 +244,16 @@ def test_pdf_reasons_do_not_depend_on_the_file_before():
 
 
 def test_language_step_by_format(tmp_path):
-    from pipelines.pdfa import with_default_steps
+    from pipelines.cli import build_parser, parse_steps
+    from pipelines.pdfa import SPEC
 
-    assert with_default_steps(["--output", "o"])[-2:] == ["--steps", "pages,min_text,decontam"]
-    assert with_default_steps(["--format", "idl"])[-2:] == ["--steps", "pages,min_text,language,decontam"]
-    assert with_default_steps(["--format", "idl", "--steps", "pages"]) == ["--format", "idl", "--steps", "pages"]
+    def default_steps(*argv):
+        args = build_parser(SPEC).parse_args(["--output", "o", *argv])
+        return ",".join(parse_steps(args.steps, SPEC, args))
+
+    assert default_steps() == "pages,min_text,decontam"
+    assert default_steps("--format", "idl") == "pages,min_text,language,decontam"
+    assert default_steps("--format", "idl", "--steps", "pages") == "pages"
     model = sample_path("models", "tiny-lid", "model.bin")
     result, log = run_pdfa("--input", str(IDL), "--output", str(tmp_path / "idl"), "--format", "idl",
                            "--steps", "pages,language", "--lang-model", model, "--lang", "fr")
