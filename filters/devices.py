@@ -40,16 +40,18 @@ def task_threads() -> int:
     return int(value) if value.isdigit() and int(value) > 0 else (os.cpu_count() or 1)
 
 
-def load_once(key: Hashable, load: Callable[[str], Any], device: str | None = None) -> Any:
-    """`load(device)` the first time `key` is asked for in this process; the same object after that."""
+def load_once(key: Hashable, load: Callable[[str], Any], device: str | None = None, uses_torch: bool = True) -> Any:
+    """`load(device)` the first time `key` is asked for in this process; the same object after that. A model that
+    does not run on torch (fastText) passes `uses_torch=False` and `device="cpu"`: torch is then never imported."""
     with _LOCK:
         if key not in _LOADED:
-            import torch
+            if uses_torch:
+                import torch
 
-            device = pick_device(device)
-            if device == "cpu":
-                torch.set_num_threads(task_threads())
-            _LOADED[key] = load(device)
+                device = pick_device(device)
+                if device == "cpu":
+                    torch.set_num_threads(task_threads())
+            _LOADED[key] = load(device or "cpu")
             gc.collect()
             gc.freeze()
         return _LOADED[key]

@@ -114,7 +114,8 @@ class LanguageFilter(BatchedFilter):
     def fasttext(self):
         if self._fasttext is None:
             path = model_file(self.model)
-            self._fasttext = load_once(("fasttext", os.path.realpath(path)), lambda device: _load(path), "cpu")
+            self._fasttext = load_once(("fasttext", os.path.realpath(path)), lambda device: _load(path), "cpu",
+                                       uses_torch=False)
         return self._fasttext
 
     def filter_batch(self, batch: list[Document]) -> list[bool | tuple[bool, str]]:
