@@ -9,4 +9,7 @@ command -v "$PYTHON" >/dev/null || PYTHON=python3
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q torch==2.13.0
 .venv/bin/python -m pip install -q -e ".[dev,ray]"
+# datatrove's extra brings fasttext-numpy2-wheel, whose `fasttext` module fails at random under numpy 2; both
+# packages install that module, so lay fasttext-community's over it whatever order pip chose
+.venv/bin/python -m pip install -q --force-reinstall --no-deps fasttext-community==0.11.9
 echo "setup: .venv ready ($(.venv/bin/python --version))"
