@@ -1,9 +1,9 @@
 """The interleaved layout of a Document: which positions hold a text and which an image.
 
 An OBELICS row is two parallel lists, `images` and `texts`, with exactly one of them set at each position
-(the `HuggingFaceM4/OBELICS` dataset card). A Document keeps that order in `metadata["texts"]`: the full-length list of texts with `None` at
-each image position; the images themselves are `doc.media`, in the same order. `doc.text` is the texts joined
-by "\n\n", so datatrove's text steps see the prose. Steps that remove images go through `remove_images` so the
+(the `HuggingFaceM4/OBELICS` dataset card). A Document keeps that order in `metadata["texts"]`: the full-length
+list of texts with `None` at each image position; the images themselves are `doc.media`, in the same order.
+`doc.text` is the texts joined by "\n\n", so datatrove's text steps see the prose. Steps that remove images go through `remove_images` so the
 media list and the layout never disagree.
 """
 
@@ -21,8 +21,8 @@ TEXT_SEPARATOR = "\n\n"  # OBELICS joins consecutive texts with a blank line (it
 def layout_problem(images: object, texts: object) -> str | None:
     """Why two parallel lists cannot be an interleaved document, or None if they can.
 
-    The rules of the OBELICS dataset card: both are lists of the same length, and each position holds exactly one of an image
-    URL and a text.
+    The rules of the OBELICS dataset card: both are lists of the same length, and each position holds exactly
+    one of an image URL and a text.
     """
     if not isinstance(images, Sequence) or not isinstance(texts, Sequence):
         return "not_a_list"

@@ -1,4 +1,6 @@
-"""`nsfw`: score every image for explicit content and remove what is flagged (Idefics2 paper, arXiv:2405.02246, section A.1.1; OBELICS paper, arXiv:2306.16527).
+"""`nsfw`: score every image for explicit content and remove what is flagged.
+
+The Idefics2 paper (arXiv:2405.02246, section A.1.1) and OBELICS (arXiv:2306.16527) remove NSFW images this way.
 
 Two backends give a score in [0, 1] per image (1 = NSFW):
   - `ImageClassifierScorer`: any transformers image-classification model; the score is the summed probability
@@ -24,7 +26,8 @@ from filters.layout import remove_images_or_document
 from filters.pixels import content_key, working_image
 
 NSFW_KEY = "nsfw_scores"  # metadata: one score per image, in media order
-LAION_SAFETY_LABELS = ("porn", "hentai", "sexy", "nsfw")  # LAION-SAFETY's classes: drawings, hentai, neutral, porn, sexy
+# LAION-SAFETY's classes are drawings, hentai, neutral, porn, sexy; these are the flagged ones (plus a plain "nsfw")
+LAION_SAFETY_LABELS = ("porn", "hentai", "sexy", "nsfw")
 
 
 class NsfwScorer(Protocol):

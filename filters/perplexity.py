@@ -1,4 +1,6 @@
-"""`perplexity`: score each document with a causal LM and remove the least natural text (Idefics2 paper, arXiv:2405.02246, section A.1.1).
+"""`perplexity`: score each document with a causal LM and remove the least natural text.
+
+The Idefics2 paper (arXiv:2405.02246, section A.1.1) removes OBELICS's documents of highest perplexity.
 
 The recipe: the document's texts joined by "\n\n", tokenized without special tokens; longer than 512 tokens, a
 random contiguous 512-token window, seeded by the text itself so that every run, every sharding and every

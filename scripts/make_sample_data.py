@@ -10,8 +10,8 @@
 - `optout.txt`: opt-outs for an offline run: one whole site, two documents per shard, eight images.
 - `eval/vqa_sample.parquet`: a small evaluation set for the decontamination demo; 6 of its images are altered
   copies of training images and 2 of its question+answer pairs are lifted from training text.
-- OBELICS: 4 shards of 50 documents in the Hub's schema (the `HuggingFaceM4/OBELICS` dataset card): interleaved texts and image URLs,
-  per-image metadata, `general_metadata`, and in each shard two rows that break the layout rules.
+- OBELICS: 4 shards of 50 documents in the Hub's schema (the `HuggingFaceM4/OBELICS` dataset card): interleaved
+  texts and image URLs, per-image metadata, `general_metadata`, and in each shard two rows that break the layout rules.
 Same inputs, same seed: same bytes.
 """
 
@@ -148,8 +148,8 @@ def break_layout(row: dict, how: str) -> dict:
 
 
 def write_img2dataset_download(rng: random.Random, folder: Path, urls: list[str], images: list[bytes]) -> None:
-    """The sample images as img2dataset writes a download (its README, output format): tars of `<key>.jpg` + `<key>.json`, and a
-    parquet per tar listing every URL, failures included. A few URLs failed there and a few were never tried."""
+    """The sample images as img2dataset writes a download (its README, output format): tars of `<key>.jpg` +
+    `<key>.json`, and a parquet per tar listing every URL, failures included. A few URLs failed there and a few were never tried."""
     folder.mkdir(parents=True, exist_ok=True)
     failed = set(rng.sample(range(len(urls)), 6))
     never_tried = set(rng.sample(sorted(set(range(len(urls))) - failed), 3))

@@ -273,7 +273,8 @@ def test_steps_drop_into_a_plain_datatrove_pipeline(tmp_path):
 
     rows = [{"text": prose, "id": "kept", "media": image("https://ok.example/a.jpg")},
             {"text": prose, "id": "opted", "media": image("https://optout.example/b.jpg")},
-            {"text": "zq xv kj qq zz xk vv jq qz kx zq jj", "id": "gibberish", "media": image("https://ok.example/c.jpg")},
+            {"text": "zq xv kj qq zz xk vv jq qz kx zq jj", "id": "gibberish",
+             "media": image("https://ok.example/c.jpg")},
             {"text": prose, "id": "no-image", "media": []}]
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "docs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -132,7 +132,8 @@ def _parquet_items(file: Path, spec: Benchmark, name: str) -> Iterator[EvalItem]
             yield from items_from_rows(rows, spec, name, split, str(file), first)
             first += len(rows)
     except (OSError, pa.ArrowException) as error:
-        yield EvalItem(name, split, file.name, origin=str(file), error=f"not a readable parquet file ({describe(error)})")
+        yield EvalItem(name, split, file.name, origin=str(file),
+                       error=f"not a readable parquet file ({describe(error)})")
 
 
 # building ------------------------------------------------------------------------------------------------------
@@ -228,7 +229,8 @@ def _write_tables(folder: str, sources, radius: int, progress) -> dict:
                  + (f", {counts['unreadable']:,} unreadable" if counts["unreadable"] else ""))
         if counts["images"] == 0 and counts["texts"] == 0:
             raise IndexBuildError(f"{name} ({source}): nothing to index: no readable image and no question+answer "
-                                  f"text of {MIN_WORDS}+ words in {counts['items']:,} item(s); an index of it could never match")
+                                  f"text of {MIN_WORDS}+ words in {counts['items']:,} item(s); an index of it "
+                                  f"could never match")
     for writer in writers.values():
         writer.close()
     with open(os.path.join(folder, "index.json"), "w") as f:
