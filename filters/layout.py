@@ -1,10 +1,10 @@
 """The interleaved layout of a Document: which positions hold a text and which an image.
 
-An OBELICS row is two parallel lists, `images` and `texts`, with exactly one of them set at each position
-(the `HuggingFaceM4/OBELICS` dataset card). A Document keeps that order in `metadata["texts"]`: the full-length
-list of texts with `None` at each image position; the images themselves are `doc.media`, in the same order.
-`doc.text` is the texts joined by "\n\n", so datatrove's text steps see the prose. Steps that remove images go through `remove_images` so the
-media list and the layout never disagree.
+An OBELICS row is two parallel lists, `images` and `texts`, with exactly one of them set at each position (the
+`HuggingFaceM4/OBELICS` dataset card). A Document keeps that order in `metadata["texts"]`: the full-length list of
+texts with `None` at each image position; the images themselves are `doc.media`, in the same order. `doc.text` is
+the texts joined by "\n\n", so datatrove's text steps see the prose. Steps that remove images go through
+`remove_images` so the media list and the layout never disagree.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """`optout`: remove content its owners opted out of AI training, via the Spawning API or an offline list.
 
-The API contract (Spawning's API documentation and its `datadiligence` client): `POST {url}` with
-`Authorization: API <token>`, a text/plain body of URLs joined by newlines, answer `{"urls": [{"url", "optOut", "optIn"}, ...]}`. Answers are matched by URL, never by position;
-a lone URL is padded with an empty one, since the API wants more than one.
+The API contract (Spawning's API documentation and its `datadiligence` client): `POST {url}` with `Authorization:
+API <token>`, a text/plain body of URLs joined by newlines, answer `{"urls": [{"url", "optOut", "optIn"}, ...]}`.
+Answers are matched by URL, never by position; a lone URL is padded with an empty one, since the API wants more than
+one.
 """
 
 from __future__ import annotations

@@ -149,7 +149,8 @@ def break_layout(row: dict, how: str) -> dict:
 
 def write_img2dataset_download(rng: random.Random, folder: Path, urls: list[str], images: list[bytes]) -> None:
     """The sample images as img2dataset writes a download (its README, output format): tars of `<key>.jpg` +
-    `<key>.json`, and a parquet per tar listing every URL, failures included. A few URLs failed there and a few were never tried."""
+    `<key>.json`, and a parquet per tar listing every URL, failures included. A few URLs failed there and a few
+    were never tried."""
     folder.mkdir(parents=True, exist_ok=True)
     failed = set(rng.sample(range(len(urls)), 6))
     never_tried = set(rng.sample(sorted(set(range(len(urls))) - failed), 3))

@@ -1,9 +1,9 @@
 """Question + answer n-grams: catch an evaluation item whose text was copied into training data.
 
-Text is compared as words, lower-cased, with punctuation, spacing and image placeholders dropped. An item is
-indexed by the n-word windows (n = 8, or the whole item if shorter, down to 6 words) that end inside its answer, so a match means the
-end of the question and the answer appear together, verbatim; a question template or common words alone do not
-match. Captions (no question) are indexed by all their windows.
+Text is compared as words, lower-cased, with punctuation, spacing and image placeholders dropped. An item is indexed
+by the n-word windows (n = 8, or the whole item if shorter, down to 6 words) that end inside its answer, so a match
+means the end of the question and the answer appear together, verbatim; a question template or common words alone do
+not match. Captions (no question) are indexed by all their windows.
 """
 
 from __future__ import annotations
