@@ -34,7 +34,7 @@ from datatrove.utils.logging import logger, setup_default_logger
 from datatrove.utils.stats import PipelineStats
 
 from filters.shard_files import shard_name
-from pipelines.options import UsageError
+from pipelines.options import UsageError, at_least
 
 TASK_CPUS_ENV = "IDEFICS2_TASK_CPUS"  # read by the model steps to size torch's thread pool
 SLURM_JOBS_FILE = "slurm_jobs.json"  # in the logging folder: the last submission's job ids
@@ -60,26 +60,11 @@ class CommandExit(SystemExit):
 # Options: the command line's executor flags, in one place with their defaults
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value}: must be at least 1")
-    return value
+_positive_int = at_least(int, 1)
 
 
 def _non_negative(kind: type) -> Callable[[str], float]:
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if value < 0:
-            raise argparse.ArgumentTypeError(f"{value}: must be 0 or more")
-        return value
-    return parse
+    return at_least(kind, 0)
 
 
 class _StoreExplicit(argparse.Action):

@@ -19,7 +19,7 @@ from pipelines.decontam_report import write_report
 from pipelines.decontam_steps import DecontamOptions, build_decontam
 from pipelines.language_steps import LANGUAGE
 from pipelines.model_steps import NsfwOptions, build_nsfw
-from pipelines.options import UsageError, option
+from pipelines.options import option
 from pipelines.pairs_format import LAION_COCO_HUB_INPUT, PairColumns, PairsSource
 from pipelines.steps import Calibration, RunContext, StepSpec
 
@@ -27,12 +27,10 @@ from pipelines.steps import Calibration, RunContext, StepSpec
 @dataclass
 class MinSizeOptions:
     min_side: int = option(IDEFICS2_MIN_SIDE, "remove images whose decoded width or height is under this (the M4 "
-                           "team's LAION-COCO processing for Idefics2 used 150)", unit="px", flag="--min-size")
+                           "team's LAION-COCO processing for Idefics2 used 150)", unit="px", flag="--min-size", minimum=1)
 
 
 def build_min_size(options: MinSizeOptions, ctx: RunContext) -> MinImageSizeFilter:
-    if options.min_side < 1:
-        raise UsageError(f"--min-size {options.min_side}: must be at least 1 px")
     return MinImageSizeFilter(options.min_side, exclusion_writer=ctx.recorder("min_size"))
 
 

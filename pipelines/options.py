@@ -19,20 +19,21 @@ from typing import Any
 
 from filters.errors import UsageError
 
-__all__ = ["UsageError", "option", "add_arguments", "from_args", "output_options", "normalise_path"]
+__all__ = ["UsageError", "option", "at_least", "add_arguments", "from_args", "output_options", "normalise_path"]
 
 
 def option(default: Any, help: str, *, changes_output: bool = True, path: bool = False, unit: str = "",
            choices: tuple | None = None, flag: str | None = None, parse: Callable[[str], Any] | None = None,
-           metavar: str | None = None) -> Any:
+           metavar: str | None = None, minimum: float | None = None) -> Any:
     """A dataclass field that is also a command-line flag.
 
     `changes_output`: recorded in the manifest and checked on resume (False for threads, batch sizes, retries);
     `path`: normalised to an absolute path (local) before it is recorded; `flag`: the full flag name when the
-    prefixed field name is not the right one; `parse`: converts the flag's text (default: from the type).
+    prefixed field name is not the right one; `parse`: converts the flag's text (default: from the type);
+    `minimum`: smaller values are refused by the parser, with one line naming the flag.
     """
     meta = {"help": help, "changes_output": changes_output, "path": path, "unit": unit, "choices": choices,
-            "flag": flag, "parse": parse, "metavar": metavar}
+            "flag": flag, "parse": parse, "metavar": metavar, "minimum": minimum}
     return dataclasses.field(default=default, metadata={"option": meta})
 
 
@@ -66,6 +67,19 @@ def _parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
+def at_least(kind: Callable[[str], Any], minimum: float) -> Callable[[str], Any]:
+    """An argparse `type` that reads `kind` and refuses values under `minimum`."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {getattr(kind, '__name__', 'value')}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value}: must be at least {minimum}")
+        return value
+    return parse
+
+
 def add_arguments(parser: argparse.ArgumentParser, title: str, config_class: type, prefix: str) -> None:
     """One argument group with a flag per option of `config_class`."""
     group = parser.add_argument_group(title)
@@ -74,6 +88,8 @@ def add_arguments(parser: argparse.ArgumentParser, title: str, config_class: typ
         shown = "" if default is None else f"{default}{(' ' + meta['unit']) if meta['unit'] else ''}"
         help_text = meta["help"] + (f" (default: {shown})" if shown != "" else "")
         parse = meta["parse"] or (_parse_bool if kind is bool else kind)
+        if meta["minimum"] is not None:
+            parse = at_least(parse, meta["minimum"])
         group.add_argument(flag_name(prefix, field), dest=dest(prefix, field), type=parse, default=default,
                            choices=meta["choices"], metavar=meta["metavar"], help=help_text.replace("%", "%%"))
 

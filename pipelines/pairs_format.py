@@ -33,7 +33,7 @@ from filters.shard_files import shard_name
 from pipelines.shards import TempFile
 from pipelines.sources import (
     RAW_ROW_KEY, REMOVED_FIELDS, UNREADABLE_KEY, ParquetFile, ParquetShardReader, RowFormat, ShardFile, ShardInputError,
-    _castable, check_files, schema_problem,
+    _castable, check_files, footer_problem, schema_problem,
 )
 
 LAION_COCO_HUB_INPUT = "hf://datasets/laion/laion-coco"  # the 128 part-*.snappy.parquet files (its dataset card)
@@ -173,13 +173,8 @@ class PairsSource:
         check_files(folder, files, self._problem)
 
     def _problem(self, folder: DataFolder, path: str) -> str | None:
-        try:
-            with folder.open(path, "rb") as f:
-                schema = pq.ParquetFile(f).schema_arrow
-        except Exception as error:  # noqa: BLE001 - any failure to read the footer is the file's problem
-            return f"{folder.resolve_paths(path)}: not a readable parquet file ({type(error).__name__})"
-        problem = schema_problem(schema, self.columns.required()) or own_schema_problem(schema)
-        return f"{folder.resolve_paths(path)}: {problem}" if problem else None
+        return footer_problem(folder, path, lambda schema: schema_problem(schema, self.columns.required())
+                              or own_schema_problem(schema))
 
     def reader(self, folder: str, files: list[str], limit: int = -1) -> PipelineStep:
         return PairsShardReader(folder, files, self.columns, limit)

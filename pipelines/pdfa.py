@@ -51,12 +51,10 @@ def build_pages(options: PageOptions, ctx: RunContext) -> PdfPageRenderer:
 
 @dataclass
 class MinTextOptions:
-    min_words: int = option(DEFAULT_MIN_WORDS, "remove pages with fewer words", flag="--min-words")
+    min_words: int = option(DEFAULT_MIN_WORDS, "remove pages with fewer words", flag="--min-words", minimum=0)
 
 
 def build_min_text(options: MinTextOptions, ctx: RunContext) -> MinTextFilter:
-    if options.min_words < 0:
-        raise UsageError(f"--min-words {options.min_words}: must be 0 or more")
     return MinTextFilter(options.min_words, exclusion_writer=ctx.recorder("min_text"))
 
 

@@ -106,6 +106,18 @@ def schema_problem(actual: pa.Schema, expected: pa.Schema) -> str | None:
     return None
 
 
+def footer_problem(folder: DataFolder, path: str, judge: Callable[[pa.Schema], str | None]) -> str | None:
+    """What is wrong with a parquet file, read from its footer alone: not parquet, or what `judge` finds in its
+    schema; one line naming the file, or None."""
+    try:
+        with folder.open(path, "rb") as f:
+            schema = pq.ParquetFile(f).schema_arrow
+    except Exception as error:  # noqa: BLE001 - any failure to read the footer is the file's problem
+        return f"{folder.resolve_paths(path)}: not a readable parquet file ({type(error).__name__})"
+    problem = judge(schema)
+    return f"{folder.resolve_paths(path)}: {problem}" if problem else None
+
+
 @dataclass(frozen=True)
 class RowFormat:
     """How one parquet format maps rows to Documents and back."""
@@ -162,13 +174,7 @@ class ParquetSource:
         check_files(folder, files, self._problem)
 
     def _problem(self, folder: DataFolder, path: str) -> str | None:
-        try:
-            with folder.open(path, "rb") as f:
-                schema = pq.ParquetFile(f).schema_arrow
-        except Exception as error:  # noqa: BLE001 - any failure to read the footer is the file's problem
-            return f"{folder.resolve_paths(path)}: not a readable parquet file ({type(error).__name__})"
-        problem = schema_problem(schema, self.row_format.schema)
-        return f"{folder.resolve_paths(path)}: {problem}" if problem else None
+        return footer_problem(folder, path, lambda schema: schema_problem(schema, self.row_format.schema))
 
     def reader(self, folder: str, files: list[str], limit: int = -1) -> PipelineStep:
         return ParquetShardReader(folder, files, self.row_format, limit)

@@ -36,6 +36,14 @@ def row(doc: str, urls: list[str]) -> dict:
             "general_metadata": json.dumps({"url": f"https://site.example/{doc}"})}
 
 
+def write_documents(folder, docs: dict[str, list[str]]):
+    """One OBELICS shard of documents made of (text, image) pairs."""
+    folder.mkdir()
+    pq.write_table(pa.Table.from_pylist([row(d, u) for d, u in docs.items()], schema=OBELICS_SCHEMA),
+                   folder / "0.parquet")
+    return folder
+
+
 def test_download_after_optout_with_statuses_and_stored_images(tmp_path):
     with ImageHost(stall_seconds=1.5) as host, SpawningStandIn(set()) as api:
         docs = {
@@ -45,10 +53,7 @@ def test_download_after_optout_with_statuses_and_stored_images(tmp_path):
             "opted": [host.url("/ok-opted.jpg")],
         }
         api.opted_out = {host.url("/ok-opted.jpg")}
-        source = tmp_path / "in"
-        source.mkdir()
-        pq.write_table(pa.Table.from_pylist([row(d, u) for d, u in docs.items()], schema=OBELICS_SCHEMA),
-                       source / "0.parquet")
+        source = write_documents(tmp_path / "in", docs)
         result = run_command(
             "pipelines.obelics", "--input", str(source), "--output", str(tmp_path / "out"),
             "--steps", "structure,optout,images",
@@ -235,10 +240,7 @@ def test_outage_is_judged_on_network_failures_across_hosts(failing, status, outa
 def test_a_calibrated_nsfw_cut_downloads_each_image_once(tmp_path):
     with ImageHost() as host:
         docs = {f"doc-{i}": [host.url(f"/ok-{i}-a.jpg"), host.url(f"/ok-{i}-b.jpg")] for i in range(20)}
-        source = tmp_path / "in"
-        source.mkdir()
-        pq.write_table(pa.Table.from_pylist([row(d, u) for d, u in docs.items()], schema=OBELICS_SCHEMA),
-                       source / "0.parquet")
+        source = write_documents(tmp_path / "in", docs)
         result = run_command(
             "pipelines.obelics", "--input", str(source), "--output", str(tmp_path / "out"),
             "--steps", "structure,images,nsfw", "--allow-private-hosts", "all", "--nsfw-backend", "classifier",
