@@ -1,4 +1,5 @@
-"""The pipelines on a real Slurm cluster and a real Ray cluster: the local executor's files, a failed shard that
+"""The pipelines on a real Slurm cluster and a real Ray cluster: the local executor's files (OBELICS, pairs, pages),
+a failed shard that
 Slurm sees as a failed array task, detached and split submissions followed with `pipelines.status`, and every
 task's IDEFICS2_TASK_CPUS.
 
@@ -227,3 +228,47 @@ def test_ray_tasks_get_their_cpus(ray_address, tmp_path, monkeypatch):
     finally:
         ray.cloudpickle.unregister_pickle_by_value(sys.modules[RecordTaskCpus.__module__])
     assert (seen / "0").read_text() == "2"
+
+
+def _pairs_and_pages() -> dict[str, tuple[str, list[str]]]:
+    from pipelines.demo import sample_path
+
+    return {
+        "laion_coco": ("pipelines.laion_coco", ["--input", sample_path("laion_coco"), "--optout-list",
+                                                sample_path("optout.txt"), "--images", sample_path("img2dataset"),
+                                                "--steps", "optout,images,min_size,nsfw", "--nsfw-drop-top", "0.07"]),
+        "pdfa": ("pipelines.pdfa", ["--input", sample_path("pdfa"), "--steps", "pages,min_text"]),
+    }
+
+
+def _same_files(a: Path, b: Path) -> None:
+    for kind in ("data", "removed"):
+        names = sorted(p.name for p in (a / kind).iterdir())
+        assert names == sorted(p.name for p in (b / kind).iterdir()) and names
+        for name in names:
+            assert (a / kind / name).read_bytes() == (b / kind / name).read_bytes(), f"{kind}/{name}"
+
+
+@pytest.mark.slurm
+@pytest.mark.parametrize("pipeline", ["laion_coco", "pdfa"])
+def test_pairs_and_pages_on_slurm_match_local(slurm, pipeline, tmp_path):
+    """The new pipelines run on Slurm through the shared code, calibration pass included, as OBELICS does."""
+    module, flags = _pairs_and_pages()[pipeline]
+    local = run_command(module, *flags, "--output", str(tmp_path / "local"))
+    assert local.returncode == 0, local.stderr[-3000:]
+    remote = run_command(module, *flags, "--output", str(tmp_path / "slurm"), *SLURM_FLAGS, timeout=300)
+    assert remote.returncode == 0, remote.stderr[-3000:]
+    _same_files(tmp_path / "local", tmp_path / "slurm")
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize("pipeline", ["laion_coco", "pdfa"])
+def test_pairs_and_pages_on_ray_match_local(ray_address, pipeline, tmp_path):
+    module, flags = _pairs_and_pages()[pipeline]
+    extra = ["--ray-address", ray_address] if ray_address else []
+    local = run_command(module, *flags, "--output", str(tmp_path / "local"))
+    assert local.returncode == 0, local.stderr[-3000:]
+    remote = run_command(module, *flags, "--output", str(tmp_path / "ray"), "--executor", "ray", *extra,
+                         timeout=300, env={"RAY_AUTH_MODE": "disabled"})
+    assert remote.returncode == 0, remote.stderr[-3000:]
+    _same_files(tmp_path / "local", tmp_path / "ray")
