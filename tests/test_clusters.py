@@ -1,7 +1,6 @@
 """The pipelines on a real Slurm cluster and a real Ray cluster: the local executor's files (OBELICS, pairs, pages),
-a failed shard that
-Slurm sees as a failed array task, detached and split submissions followed with `pipelines.status`, and every
-task's IDEFICS2_TASK_CPUS.
+a failed shard that Slurm sees as a failed array task, detached and split submissions followed with
+`pipelines.status`, and every task's IDEFICS2_TASK_CPUS.
 
 `.ci/run` starts both (and sets IDEFICS2_REQUIRE_CLUSTERS=1, so a cluster that is missing fails here);
 elsewhere these tests skip when no cluster is reachable.
