@@ -6,7 +6,7 @@ caller from the model's identity, so another model never reads these scores. New
 computed, in small part files (`NNNNN/part-000001.parquet`), so a task killed part-way keeps what it scored; the
 task compacts them into `NNNNN.parquet` when it finishes. A calibrated cut needs one score per document (or per
 image), duplicates included, so each finished task also writes the scores of what it judged, in order
-(`NNNNN.judged.parquet`); the cut is read off those, and the filtering pass reuses the keyed scores. Each file
+(`NNNNN.judged.parquet`, by the scoring pass only); the cut is read off those, and the filtering pass reuses the keyed scores. Each file
 has one writer (the shard's task), so the folder can live on any fsspec filesystem.
 """
 
@@ -106,6 +106,11 @@ class ScoringFilter(BatchedFilter):
     def __getstate__(self) -> dict:  # a fresh task starts with no scores in memory
         return {**self.__dict__, "_scores": {}, "_new": {}, "_judged": []}
 
+    @property
+    def scoring_only(self) -> bool:
+        """True when this step only annotates (no cut): the pass a calibrated cut is set on."""
+        raise NotImplementedError
+
     def judged(self, score: float) -> None:
         """Record the score of one judged document or image, for calibrated cuts."""
         self._judged.append(score)
@@ -125,5 +130,6 @@ class ScoringFilter(BatchedFilter):
         if self.cache:
             if len(self._scores) > loaded or self.cache.has_parts(rank):
                 self.cache.compact(rank, self._scores)
-            self.cache.save_judged(rank, self._judged)
+            if self.scoring_only:  # the calibration pass: what a cut is set on (the filtering pass sees fewer)
+                self.cache.save_judged(rank, self._judged)
         self._new, self._judged = {}, []

@@ -5,8 +5,8 @@ pass downloads the images, and the filtering pass needs them again (to score by 
 store them). `FetchedImages` wraps the image source: in the recording pass it keeps each URL's outcome and the
 bytes that arrived in `folder/NNNNN.bin` (the bytes, one after another) with `folder/NNNNN.jsonl` (url, status,
 error, offset, size), both committed when the task finishes; in the next pass it answers from them, and asks the
-source only for what they lack, and deletes them once the shard is through. One writer per shard, on any fsspec
-filesystem.
+source only for what they lack; `FetchedCleanup` deletes them once the shard's output is committed. One writer per
+shard, on any fsspec filesystem.
 """
 
 from __future__ import annotations
@@ -56,7 +56,8 @@ class FetchedImages:
             self._blob = folder.open(f"{self._name}.bin", "rb")
 
     def finish(self, completed: bool) -> None:
-        """Commit what was recorded (or drop it, if the task failed); close what was replayed."""
+        """Commit what was recorded (or drop it, if the task failed); close what was replayed (its files are
+        deleted by `FetchedCleanup` once the shard's output is committed)."""
         folder = get_datafolder(self.folder)
         for handle in (self._blob, self._lines):
             if handle:
@@ -66,8 +67,6 @@ class FetchedImages:
                 folder.mv(f"{self._name}{suffix}.tmp", f"{self._name}{suffix}")
             elif self.record and folder.exists(f"{self._name}{suffix}.tmp"):
                 folder.rm(f"{self._name}{suffix}.tmp")
-            elif not self.record and completed and self._index and folder.exists(f"{self._name}{suffix}"):
-                folder.rm(f"{self._name}{suffix}")  # replayed: the shard's images are in its output now
         self._init_task()
 
     def get(self, url: str) -> FetchResult:
@@ -86,13 +85,38 @@ class FetchedImages:
             self._blob.seek(entry["offset"])
             data = self._blob.read(entry["size"])
         image = decode_image(data, self.max_pixels, self.max_side)
+        if image.status == "ok":  # the stored bytes may be downscaled: the download's own size and format stand
+            image.original_width, image.original_height, image.format = (
+                entry["original_width"], entry["original_height"], entry["format"])
         return FetchResult(url=entry["url"], status=image.status, image=image, error=image.error)
 
     def _save(self, result: FetchResult) -> None:
-        data = result.image.data if result.status == "ok" and result.image else b""
+        image = result.image if result.status == "ok" and result.image else None
+        data = image.data if image else b""
         with self._lock:
             entry = {"url": result.url, "status": result.status, "error": result.error, "offset": self._size,
-                     "size": len(data)}
+                     "size": len(data), "original_width": image and image.original_width,
+                     "original_height": image and image.original_height, "format": image and image.format}
             self._blob.write(data)
             self._size += len(data)
             self._lines.write(json.dumps(entry) + "\n")
+
+
+class FetchedCleanup:
+    """A per-shard output of the filtering pass that writes nothing and, when the shard commits, deletes the
+    downloads the calibration pass kept for it (a failed shard keeps them for its retry)."""
+
+    def __init__(self, folder: str, rank: int):
+        self.folder, self.name = folder, shard_name(rank)
+
+    def write(self, doc, **extra) -> None:
+        return None
+
+    def commit(self) -> None:
+        folder = get_datafolder(self.folder)
+        for suffix in (".bin", ".jsonl"):
+            if folder.exists(f"{self.name}{suffix}"):
+                folder.rm(f"{self.name}{suffix}")
+
+    def abort(self) -> None:
+        return None

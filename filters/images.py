@@ -207,11 +207,11 @@ class ImageAcquisitionFilter(BatchedFilter):
         """Stream documents through the window; one thread pool for the task keeps HTTP connections alive."""
         self._guard = None  # each task (shard) is judged on its own fetches
         self._start()
-        if isinstance(self.source, ShardAwareSource):
-            self.source.start(rank)
         finished = False
         writer_context = self.exclusion_writer if self.exclusion_writer else contextlib.nullcontext()
         try:
+            if isinstance(self.source, ShardAwareSource):
+                self.source.start(rank)
             with writer_context as writer:
                 window = _Window(self._pool, self.source)
                 for doc in data:

@@ -142,6 +142,10 @@ class NsfwFilter(ScoringFilter):
             raise ValueError(f"policy must be one of {POLICIES}, not {policy!r}")
         self.scorer, self.threshold, self.policy = scorer, threshold, policy
 
+    @property
+    def scoring_only(self) -> bool:
+        return self.threshold is None
+
     def _score_new(self, new: dict[str, Media]) -> dict[str, float]:
         """Score in one batch; if an image in it cannot be read, score one by one so only that one is lost."""
         try:

@@ -42,7 +42,7 @@ def window_seed(text: str) -> int:
 def window_key(window: list[int]) -> str:
     """What a perplexity score is keyed by: the scored token ids themselves (the model's identity is the cache's
     folder)."""
-    return hashlib.blake2b(array("l", window).tobytes(), digest_size=16).hexdigest()
+    return hashlib.blake2b(array("q", window).tobytes(), digest_size=16).hexdigest()  # 8-byte ids everywhere
 
 
 def token_window(ids: list[int], window: int, text: str) -> list[int]:
@@ -140,6 +140,10 @@ class PerplexityFilter(ScoringFilter):
                  exclusion_writer: DiskWriter | None = None):
         super().__init__(cache, batch_size, exclusion_writer)
         self.scorer, self.max_perplexity = scorer, max_perplexity
+
+    @property
+    def scoring_only(self) -> bool:
+        return self.max_perplexity is None
 
     def filter_batch(self, batch: list[Document]) -> list[bool | tuple[bool, str]]:
         windows = self.scorer.windows([d.text for d in batch])

@@ -73,9 +73,11 @@ def build_parser(spec: PipelineSpec) -> argparse.ArgumentParser:
                     help="inclusive range of input files, numbered in sorted order (default: all)")
     defaults = ",".join(s.name for s in spec.steps if s.default is True)
     optional = [s.name for s in spec.steps if s.default is not True]
+    required = [s.name for s in spec.steps if s.required]
     io.add_argument("--steps", default=None, metavar="a,b,c",
                     help=f"steps to run, in pipeline order (default: {defaults}"
-                         f"{'; also on request: ' + ','.join(optional) if optional else ''})")
+                         f"{'; also on request: ' + ','.join(optional) if optional else ''}"
+                         f"{'; always: ' + ','.join(required) if required else ''})")
     io.add_argument("--limit", type=int, default=None, help="documents per shard, for smoke runs (default: all)")
     io.add_argument("--logging-dir", default=None, help="logs, stats, completion markers (default: OUTPUT/logs)")
     io.add_argument("--cache-dir", default=None,
@@ -102,7 +104,7 @@ def parse_steps(text: str | None, spec: PipelineSpec, args: argparse.Namespace) 
     unknown = [s for s in asked if s not in names]
     if unknown:
         raise UsageError(f"--steps: unknown step {unknown[0]!r} (choose from {','.join(names)})")
-    return [s for s in names if s in asked]
+    return [s.name for s in spec.steps if s.name in asked or s.required]
 
 
 def parse_shard_range(text: str | None, n_files: int, flag: str, source: str) -> range:
@@ -253,7 +255,8 @@ def _report_problems(logging_dir: DataFolder, pending: list[int], records: dict[
         error_file = f"errors/{shard_name(shard)}.txt"
         reason = "did not finish"
         if logging_dir.isfile(error_file):
-            reason = logging_dir.open(error_file, "r").read().strip()
+            with logging_dir.open(error_file, "r") as f:
+                reason = f.read().strip()
         print(f"error: shard {shard_name(shard)} failed: {reason} "
               f"(log: {logging_dir.resolve_paths(f'logs/task_{shard_name(shard)}.log')})", file=sys.stderr)
     if failed:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from datatrove.data import Document
 from datatrove.io import DataFolder
 
-from filters.fetched_images import FetchedImages
+from filters.fetched_images import FetchedCleanup, FetchedImages
 from filters.image_fetch import FetchConfig
 from filters.images import DEFAULT_OUTAGE, HttpImageSource, ImageAcquisitionFilter, Img2DatasetSource
 from filters.img2dataset_index import Img2DatasetIndex
@@ -24,6 +24,9 @@ from filters.shard_files import shard_name
 from pipelines.options import UsageError, option
 from pipelines.shards import TempFile
 from pipelines.steps import RunContext, StepSpec
+
+
+FETCHED_FOLDER = "fetched"  # a calibration pass's downloads, kept for the filtering pass
 
 
 def _hosts(text: str) -> bool | tuple[str, ...]:
@@ -93,7 +96,7 @@ def build_images(options: ImageOptions, ctx: RunContext) -> ImageAcquisitionFilt
     config = FetchConfig(timeout=options.timeout, max_bytes=options.max_bytes, max_side=options.max_side,
                          allow_private_hosts=options.allow_private_hosts, ca_certs=options.ca_certs)
     if options.source == "download":  # a calibration pass keeps what it downloads for the filtering pass
-        source = FetchedImages(HttpImageSource(config), os.path.join(ctx.output, "fetched"),
+        source = FetchedImages(HttpImageSource(config), os.path.join(ctx.output, FETCHED_FOLDER),
                                record=bool(ctx.scoring_only), max_pixels=config.max_pixels, max_side=config.max_side)
     else:
         if not os.path.isdir(options.source):
@@ -151,6 +154,10 @@ def image_tar(folder: DataFolder, rank: int) -> ImageTar:
     return ImageTar(folder, f"images/{shard_name(rank)}.tar")
 
 
+def fetched_cleanup(folder: DataFolder, rank: int) -> FetchedCleanup:
+    return FetchedCleanup(folder.resolve_paths(FETCHED_FOLDER), rank)
+
+
 OPTOUT = StepSpec("optout", build_optout, OptOutOptions, title="opt-out (step optout)")
 IMAGES = StepSpec("images", build_images, ImageOptions, title="images (step images)", expensive=True,
-                  outputs=(image_tar,))
+                  outputs=(image_tar, fetched_cleanup))

@@ -59,6 +59,9 @@ def check_and_write(output: DataFolder, manifest: dict, shards: range) -> None:
             if options.get(flag) != before.get(flag):
                 raise UsageError(f"--output {output.path} was made with {flag} {_show(before.get(flag))}; this "
                                  f"run has {_show(options.get(flag))}: use another --output or the same flags")
+        if len(previous["files"]) != len(manifest["files"]):  # numbering and the default calibration range move
+            raise UsageError(f"--input: has {len(manifest['files'])} files now, {len(previous['files'])} when "
+                             f"{output.path} was made; use another --output")
         changed = [i for i, (a, b) in enumerate(zip(previous["files"], manifest["files"])) if a != b]
         if changed:
             raise UsageError(f"--input: file number {changed[0]} is now {manifest['files'][changed[0]]}, it was "

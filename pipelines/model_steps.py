@@ -120,7 +120,7 @@ class NsfwOptions:
         """Scores by backend and model; the source's own scores are kept too, so a cut can be calibrated on them."""
         if self.backend == "source":
             return _score_cache(ctx, "nsfw", {"backend": "source", "key": self.source_key})
-        identity = {"backend": self.backend, "model": normalise_path(self.model),
+        identity = {"backend": self.backend, "model": normalise_path(self.model), "labels": self.labels,
                     "clip": normalise_path(self.clip_model), "head": normalise_path(self.head)}
         return _score_cache(ctx, "nsfw", identity)
 

@@ -100,10 +100,12 @@ def from_args(config_class: type, args: argparse.Namespace, prefix: str):
 
 
 def normalise_path(value: str | None) -> str | None:
-    """The same folder given relative or absolute, or with a trailing slash, is the same; URLs are kept."""
+    """The same folder given relative or absolute, or with a trailing slash, is the same. URLs, Hub ids and words
+    such as `download` (anything that is not an existing local path) are kept as they are, so the record does not
+    depend on the folder a command is run from."""
     if value is None or "://" in value:
         return value.rstrip("/") if value else value
-    return os.path.abspath(value)
+    return os.path.abspath(value) if os.path.exists(value) else value
 
 
 def output_options(config: Any, prefix: str) -> dict[str, Any]:

@@ -114,7 +114,8 @@ class SchemaOfInputFile(ParquetFile):
     def _flush(self) -> None:
         if self.writer is None:
             schema = _schema_of(self.shard)
-            self.schema = pa.schema(list(schema) + self.extra, schema.metadata if self.keep_metadata else None)
+            fields = [f.with_nullable(True) for f in schema] if self.extra else list(schema)  # records may hold nulls
+            self.schema = pa.schema(fields + self.extra, schema.metadata if self.keep_metadata else None)
             self.writer = pq.ParquetWriter(self.file, self.schema)
         super()._flush()
 
@@ -131,7 +132,7 @@ class PairsShardReader(ParquetShardReader):
     def __init__(self, input_folder: str, files: list[str], columns: PairColumns, limit: int = -1):
         row_format = RowFormat(columns.required(), partial(row_to_document, columns), document_to_row)
         super().__init__(input_folder, files, row_format, limit)
-        self.required, self.shard = columns.required(), ""
+        self.columns, self.required, self.shard = columns, columns.required(), ""
 
     def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         self.shard = shard_name(rank)
@@ -140,15 +141,19 @@ class PairsShardReader(ParquetShardReader):
     def _open(self, folder: DataFolder, path: str, file) -> pq.ParquetFile:
         self.row_format = replace(self.row_format, schema=self.required)
         parquet = super()._open(folder, path, file)
-        if problem := own_schema_problem(parquet.schema_arrow):
+        if problem := own_schema_problem(parquet.schema_arrow, self.columns):
             raise ShardInputError(f"{folder.resolve_paths(path)}: {problem}")
         self.row_format = replace(self.row_format, schema=parquet.schema_arrow)
         _INPUT_SCHEMAS[self.shard] = parquet.schema_arrow
         return parquet
 
 
-def own_schema_problem(schema: pa.Schema) -> str | None:
-    """What makes a file's schema unusable as its own output schema: repeated names, or the removal columns."""
+def own_schema_problem(schema: pa.Schema, columns: PairColumns) -> str | None:
+    """What makes a file's schema unusable: the pair's columns not text, repeated names, or the removal columns."""
+    for name in (columns.url, columns.caption):
+        if name in schema.names and not pa.types.is_string(kind := schema.field(name).type) \
+                and not pa.types.is_large_string(kind):
+            return f"column {name} is {kind}, expected text"
     repeated = sorted({n for n in schema.names if schema.names.count(n) > 1})
     if repeated:
         return f"column(s) {', '.join(repeated)} appear more than once"
@@ -174,7 +179,7 @@ class PairsSource:
 
     def _problem(self, folder: DataFolder, path: str) -> str | None:
         return footer_problem(folder, path, lambda schema: schema_problem(schema, self.columns.required())
-                              or own_schema_problem(schema))
+                              or own_schema_problem(schema, self.columns))
 
     def reader(self, folder: str, files: list[str], limit: int = -1) -> PipelineStep:
         return PairsShardReader(folder, files, self.columns, limit)

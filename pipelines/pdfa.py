@@ -64,7 +64,7 @@ class PageDecontamOptions(DecontamOptions):
                          flag="--decontam-policy", choices=POLICIES)
 
 
-PAGES = StepSpec("pages", build_pages, PageOptions, title="page rendering (step pages)")
+PAGES = StepSpec("pages", build_pages, PageOptions, title="page rendering (step pages)", required=True)
 MIN_TEXT = StepSpec("min_text", build_min_text, MinTextOptions, title="text per page (step min_text)")
 PAGE_DECONTAM = StepSpec("decontam", build_decontam, PageDecontamOptions, title="decontamination (step decontam)")
 

@@ -142,10 +142,11 @@ class ShardWriter(PipelineStep):
 
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         folder = get_datafolder(self.output_folder)
-        self.removed.open(rank)
-        files = [self.source.open_kept(folder, f"data/{shard_name(rank)}{self.source.suffix}"),
-                 *(make(folder, rank) for make in self.extra_outputs)]
+        files: list[ShardFile] = []
         try:
+            self.removed.open(rank)
+            files.append(self.source.open_kept(folder, f"data/{shard_name(rank)}{self.source.suffix}"))
+            files += [make(folder, rank) for make in self.extra_outputs]
             for doc in data or ():
                 with self.track_time():
                     for file in files:

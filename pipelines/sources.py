@@ -236,15 +236,17 @@ class ParquetShardReader(PipelineStep):
         with folder.open(path, "rb") as file:
             yield from self._read(folder, path, self._open(folder, path, file), rank)
 
-    def _rows(self, batch: pa.RecordBatch) -> list[dict | Exception]:
+    def _rows(self, batch: pa.RecordBatch, schema: pa.Schema) -> list[dict | Exception]:
+        """The batch's rows in `schema`; a value that does not cast or decode (invalid UTF-8 in a binary or string
+        column) makes its row an error, not the batch's."""
         try:
-            return batch.to_pylist()
+            return batch.cast(schema).to_pylist()
         except Exception:  # noqa: BLE001 - one bad value: find it row by row
             rows = []
             for i in range(batch.num_rows):
                 try:
-                    rows.append(batch.slice(i, 1).to_pylist()[0])
-                except Exception as error:  # noqa: BLE001 - e.g. UnicodeDecodeError on invalid UTF-8
+                    rows.append(batch.slice(i, 1).cast(schema).to_pylist()[0])
+                except Exception as error:  # noqa: BLE001 - e.g. UnicodeDecodeError, ArrowInvalid
                     rows.append(error)
             return rows
 
@@ -267,7 +269,7 @@ class ParquetShardReader(PipelineStep):
         columns = self.row_format.schema.names
         try:
             for batch in parquet.iter_batches(batch_size=self.batch_size, columns=columns):
-                for row in self._rows(batch.select(columns).cast(self.row_format.schema)):
+                for row in self._rows(batch.select(columns), self.row_format.schema):
                     if 0 <= self.limit <= read:
                         return
                     with self.track_time():

@@ -55,6 +55,7 @@ class StepSpec:
     outputs: Sequence[Callable[[Any, str], Any]] = ()  # extra per-shard files the writer keeps (fetched images)
     # runs when --steps is not given: True, False (only when --steps names it), or a rule on the parsed flags
     default: bool | Callable[[Any], bool] = True
+    required: bool = False  # runs whatever --steps says (the step that makes the pipeline's documents, e.g. pages)
 
     def runs_by_default(self, args: Any) -> bool:
         return self.default(args) if callable(self.default) else self.default

@@ -62,3 +62,20 @@ def test_hostile_rows_are_removed_with_a_reason_and_the_shard_finishes(tmp_path)
     assert {r["source_file"] for r in removed} == {"hostile.parquet"}
     unreadable = next(r for r in removed if r["removed_step"] == "read")
     assert unreadable["source_row"] == 7
+
+
+def test_invalid_utf8_in_a_binary_column_removes_its_row_not_the_shard(tmp_path):
+    """A column stored as binary casts to text in the footer check; its bad value must fail one row, not the shard
+    on every retry."""
+    rows = [row(), row(), row()]
+    table = pa.Table.from_pylist(rows, schema=OBELICS_SCHEMA)
+    metadata = [m.encode() for m in table.column("metadata").to_pylist()]
+    metadata[1] = b"\xff\xfe not utf-8"
+    table = table.set_column(1, pa.field("metadata", pa.binary()), pa.array(metadata, type=pa.binary()))
+    (tmp_path / "in").mkdir()
+    pq.write_table(table, tmp_path / "in" / "binary.parquet")
+    result = run_command("pipelines.obelics", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"),
+                         "--steps", "structure")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())["total"]
+    assert summary["kept"] == 2 and summary["removed"] == {"read/unreadable_row": 1}

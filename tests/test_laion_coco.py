@@ -233,3 +233,10 @@ def test_language_runs_when_named(tmp_path):
     assert json.loads((output / "manifest.json").read_text())["steps"] == ["language"]
     assert summary["total"]["kept"] > 0 and set(summary["total"]["removed"]) <= {"language/wrong_language",
                                                                                  "language/low_language_score"}
+
+
+def test_pair_columns_must_be_text(tmp_path):
+    result = laion_coco("--input", str(SAMPLE), "--output", str(tmp_path / "o"), "--steps", "nsfw",
+                        "--caption-column", "WIDTH")
+    assert result.returncode == 2 and "column WIDTH is double, expected text" in result.stderr
+    assert not (tmp_path / "o").exists()

@@ -252,3 +252,26 @@ def test_a_calibrated_nsfw_cut_downloads_each_image_once(tmp_path):
     assert not list((tmp_path / "out" / "fetched").iterdir())  # replayed, then deleted
     with tarfile.open(tmp_path / "out" / "images" / "00000.tar") as tar:
         assert len([m for m in tar if m.name.endswith(".jpg")]) > 0
+
+
+def test_replayed_downloads_keep_the_original_size_and_format(tmp_path):
+    """The calibration pass stores what the images step stores (downscaled with --image-max-side); the filtering
+    pass must still see the downloaded image's own size and format (min_size judges them)."""
+    from filters.fetched_images import FetchedImages
+
+    class WidePng:
+        def get(self, url):
+            buffer = io.BytesIO()
+            Image.new("RGB", (2000, 300), (10, 200, 30)).save(buffer, format="PNG")
+            return FetchResult(url=url, status="ok", image=decode_image(buffer.getvalue(), max_side=256))
+
+    recording = FetchedImages(WidePng(), str(tmp_path), record=True, max_side=256)
+    recording.start(0)
+    recorded = recording.get("https://img.example/wide.png")
+    recording.finish(True)
+    replaying = FetchedImages(None, str(tmp_path), record=False, max_side=256)
+    replaying.start(0)
+    replayed = replaying.get("https://img.example/wide.png")
+    replaying.finish(True)
+    assert (replayed.image.original_width, replayed.image.original_height, replayed.image.format) == (2000, 300, "png")
+    assert replayed.image.data == recorded.image.data

@@ -284,3 +284,11 @@ def test_each_page_rendered_from_its_own_pdf():
     doc = page_of(fields, 1)
     assert renderer.filter(doc) is True and doc.text == "document number 1 alone on its page"
     renderer._close()
+
+
+def test_pages_always_runs(tmp_path):
+    """Pages are what the other steps and the writer work on: `--steps min_text` still renders them (it crashed
+    every shard before)."""
+    result, log = run_pdfa("--input", str(PDFA), "--output", str(tmp_path / "o"), "--steps", "min_text")
+    assert result.returncode == 0, log
+    assert "steps pages,min_text" in result.stderr and kept_samples(tmp_path / "o")

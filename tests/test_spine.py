@@ -142,6 +142,42 @@ def test_calibration_interrupted_then_resumed_with_another_window_is_refused(tmp
     assert not (out / "thresholds.json").exists()
 
 
+def test_recorded_paths_do_not_depend_on_the_working_folder():
+    from pipelines.options import normalise_path
+
+    assert normalise_path("download") == "download" and normalise_path("tiiuae/falcon-rw-1b") == "tiiuae/falcon-rw-1b"
+    assert normalise_path(os.path.relpath(SAMPLE_OBELICS)) == os.path.abspath(SAMPLE_OBELICS)
+    assert normalise_path("s3://bucket/out/") == "s3://bucket/out"
+
+
+def test_a_grown_input_is_refused(tmp_path):
+    source = tmp_path / "in"
+    source.mkdir()
+    for p in sorted(Path(SAMPLE_OBELICS).glob("*.parquet"))[:2]:
+        (source / p.name).write_bytes(p.read_bytes())
+    out = tmp_path / "out"
+    assert run_command("pipelines.obelics", "--input", str(source), "--output", str(out),
+                       "--steps", "structure").returncode == 0
+    last = sorted(Path(SAMPLE_OBELICS).glob("*.parquet"))[-1]
+    (source / last.name).write_bytes(last.read_bytes())  # sorts last: the old check compared only a prefix
+    grown = run_command("pipelines.obelics", "--input", str(source), "--output", str(out), "--steps", "structure")
+    assert grown.returncode == 2 and "has 3 files now, 2 when" in grown.stderr
+
+
+def test_a_calibrated_cut_is_the_same_for_every_run_into_an_output(tmp_path):
+    """The filtering pass sees fewer documents than the calibration pass (images removes some first): it must not
+    rewrite what the cut is computed from, or a later run over other shards gets another threshold."""
+    out = tmp_path / "out"
+    flags = ["--steps", "structure,images,perplexity", "--images", sample_path("img2dataset"),
+             "--ppl-model", TINY_FALCON, "--workers", "1"]
+    lines = []
+    for shards in ("0-0", "1-1"):
+        result = obelics("--output", str(out), "--shards", shards, *flags)
+        assert result.returncode == 0, result.stderr[-2000:]
+        lines.append(next(line for line in result.stderr.splitlines() if "threshold" in line))
+    assert lines[0] == lines[1]
+
+
 def test_torn_manifest_and_summary_are_rebuilt(tmp_path):
     out = tmp_path / "out"
     assert obelics("--output", str(out), "--steps", "structure", "--shards", "0-1").returncode == 0
