@@ -66,6 +66,7 @@ def test_download_after_optout_with_statuses_and_stored_images(tmp_path):
     assert summary["removed"] == {"images/no_image_left": 1, "optout/all_images_opted_out": 1}
     assert summary["images"] == {"blocked_by_header": 1, "corrupt": 1, "ok": 3, "private_address": 1,
                                  "timeout": 1, "too_many_pixels": 1}
+    assert summary["images_removed"] == {"images": 5, "optout": 1}  # images, not only documents, by step
     kept = pq.read_table(tmp_path / "out" / "data" / "00000.parquet").to_pylist()
     assert [json.loads(r["general_metadata"])["url"][-5:] for r in kept] == ["/good", "mixed"]
     mixed_meta = [m for m in json.loads(kept[1]["metadata"]) if m]
