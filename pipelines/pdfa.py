@@ -21,7 +21,7 @@ from pipelines.decontam_report import write_report
 from pipelines.decontam_steps import DecontamOptions, build_decontam
 from pipelines.language_steps import LANGUAGE
 from pipelines.options import UsageError, option
-from pipelines.pdfa_format import PDF_PAGES_SOURCE, PDFA_HUB_INPUT
+from pipelines.pdfa_format import IDL_HUB_INPUT, PDF_PAGES_SOURCE, PDFA_HUB_INPUT
 from pipelines.steps import RunContext, StepSpec
 
 
@@ -78,7 +78,7 @@ SPEC = PipelineSpec(
     examples=(
         "python -m pipelines.pdfa --output s3://bucket/pdfa --shards 0-1799 --executor slurm "
         "--decontam-index eval_index",
-        "python -m pipelines.pdfa --input ./idl --format idl --output ./idl-pages --steps pages,min_text",
+        f"python -m pipelines.pdfa --input {IDL_HUB_INPUT} --format idl --output ./idl-pages --steps pages,min_text",
     ),
     reports=(write_report,),
 )
