@@ -90,7 +90,7 @@ def build_parser(spec: PipelineSpec) -> argparse.ArgumentParser:
     ExecutorOptions.add_arguments(parser, job_name=f"idefics2-{spec.name}")
     for step in spec.steps:
         if step.options:
-            add_arguments(parser, step.title or f"step {step.name}", step.options, step.prefix or step.name)
+            add_arguments(parser, step.title or f"step {step.name}", step.options, step.flag_prefix)
     return parser
 
 
@@ -189,7 +189,7 @@ class Run:
         for name in self.steps:
             step = self.spec.step(name)
             if step.options:
-                options.update(output_options(self.options[name], step.prefix or step.name))
+                options.update(output_options(self.options[name], step.flag_prefix))
         return {"pipeline": self.spec.name, "input": normalise_path(self.input_path), "files": self.files,
                 "steps": self.steps, "limit": self.args.limit, "options": options}
 
@@ -201,7 +201,7 @@ def resolve(spec: PipelineSpec, args: argparse.Namespace) -> Run:
     source = spec.source.configured(source_options) if source_options is not None else spec.source
     input_path, files = list_input(args.input, source.suffix)
     check_paths(args, input_path)
-    options = {s.name: from_args(s.options, args, s.prefix or s.name) for s in spec.steps if s.options}
+    options = {s.name: from_args(s.options, args, s.flag_prefix) for s in spec.steps if s.options}
     return Run(spec, args, source, source_options, input_path, files, steps, options, executor)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -29,6 +30,7 @@ def _score_cache(ctx: RunContext, step: str, identity: dict) -> ShardScoreCache:
     return ShardScoreCache(os.path.join(ctx.output, "scores", step, digest))
 
 
+@functools.lru_cache(maxsize=None)  # the steps are built for the flag check, the calibration pass and the run
 def _check_model(path_or_id: str, flag: str) -> None:
     """Fail before any task starts if the model cannot be found: a path that does not exist is named as such, and
     a Hub id not in the local cache is looked up once (no retries), so an offline machine fails in seconds."""

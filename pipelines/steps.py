@@ -52,10 +52,14 @@ class StepSpec:
     title: str = ""  # the --help group's title
     calibration: Calibration | None = None
     expensive: bool = False  # a calibration pass skips it unless a calibrated step needs it
-    outputs: Sequence[Callable[[Any, str], Any]] = ()  # extra per-shard files the writer keeps (fetched images)
+    outputs: Sequence[Callable[[Any, int], Any]] = ()  # (folder, rank) -> extra per-shard file the writer keeps
     # runs when --steps is not given: True, False (only when --steps names it), or a rule on the parsed flags
     default: bool | Callable[[Any], bool] = True
     required: bool = False  # runs whatever --steps says (the step that makes the pipeline's documents, e.g. pages)
+
+    @property
+    def flag_prefix(self) -> str:
+        return self.prefix or self.name
 
     def runs_by_default(self, args: Any) -> bool:
         return self.default(args) if callable(self.default) else self.default
