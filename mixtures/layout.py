@@ -184,3 +184,25 @@ def read_info(folder) -> MixtureInfo | None:
 def write_info(folder, info: MixtureInfo) -> None:
     with folder.open(MIXTURE_FILE, "w") as f:
         json.dump(info.to_json(), f, indent=1, sort_keys=True)
+
+
+def datasets_features(max_images: int):
+    """`datasets.Features` for a pretraining mixture whose samples hold at most `max_images` images.
+
+    `datasets.load_dataset("webdataset", ...)` infers columns from the first five samples and drops member fields
+    it did not see there; passing these features (or the dataset card's, which `pipelines.push` writes) keeps
+    every image. Missing images of a sample load as None."""
+    import datasets
+
+    record = {"source": datasets.Value("string"),
+              "origin": {"id": datasets.Value("string"), "file": datasets.Value("string"),
+                         "row": datasets.Value("int64"), "part": datasets.Value("int64"),
+                         "parts": datasets.Value("int64")},
+              "texts": datasets.List(datasets.Value("string")),
+              "images": datasets.List(datasets.Value("string")),
+              "image_sizes": datasets.List(datasets.List(datasets.Value("int64"))),
+              "tokens": {"text": datasets.Value("int64"), "image": datasets.Value("int64"),
+                         "total": datasets.Value("int64")}}
+    features = {"json": record}
+    features.update({f"{i}.{IMAGE_EXTENSION}": datasets.Image() for i in range(max_images)})
+    return datasets.Features(features)
