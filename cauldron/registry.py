@@ -93,3 +93,12 @@ def listing() -> str:
         source = e.hub_id or "(no verified Hub source: use --source DIR)"
         lines.append(f"{e.name:<24}{e.family:<20}{e.share:>8.2f}  {source}")
     return "\n".join(lines)
+
+
+def table14() -> dict[str, dict]:
+    """Table 14's figures per entry name, as `mixtures.validate` compares an export with them."""
+    return {e.name: {"images": e.images, "qa_pairs": e.qa_pairs, "answer_tokens": e.answer_tokens,
+                     "share": e.share, "title": e.title, "group": e.group} for e in entries().values()}
+
+
+TABLE14 = table14()

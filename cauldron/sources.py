@@ -1,0 +1,91 @@
+"""Where a subset's rows come from: a local folder or the Hub, in the source's own schema or the published one.
+
+A local `--source DIR` holds, per subset, `DIR/<name>.parquet` or `DIR/<name>/*.parquet` (the published Cauldron's
+layout is `DIR/<name>/train-*.parquet`). Rows are read a batch at a time; images stay encoded bytes.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections.abc import Iterator
+
+import pyarrow.parquet as pq
+
+from cauldron.registry import PUBLISHED_HUB_ID, Entry
+from filters.errors import UsageError
+
+BATCH_ROWS = 64  # rows read at once: source images can be several MB each
+
+
+def is_local(source: str | None) -> bool:
+    return source is not None and "://" not in source and os.path.isdir(source)
+
+
+def local_files(source: str, name: str) -> list[str]:
+    single = os.path.join(source, f"{name}.parquet")
+    if os.path.isfile(single):
+        return [single]
+    return sorted(glob.glob(os.path.join(source, name, "*.parquet")))
+
+
+def check_source(source: str | None, from_published: bool, entries: list[Entry], explicit: bool) -> list[Entry]:
+    """The entries this run can read, checked before any work. A local folder without a subset is refused when
+    the subset was named, and left out (the caller reports it) under `--subsets all`."""
+    if source is not None and "://" not in source and not os.path.exists(source) and "/" in source:
+        raise UsageError(f"--source {source}: no such folder")
+    if is_local(source):
+        present = [e for e in entries if local_files(source, e.name)]
+        missing = [e.name for e in entries if e not in present]
+        if missing and explicit:
+            raise UsageError(f"--source {source}: no {missing[0]}.parquet or {missing[0]}/*.parquet for subset "
+                             f"{missing[0]}")
+        if not present:
+            raise UsageError(f"--source {source}: holds none of the selected subsets (files <name>.parquet or "
+                             f"<name>/*.parquet)")
+        return present
+    if not from_published:
+        unsourced = [e.name for e in entries if not e.hub_id]
+        if unsourced:
+            raise UsageError(f"subset {unsourced[0]}: no verified Hub source in the registry; rebuild it from "
+                             f"--source DIR, or use --from-published ({len(unsourced)} such subsets selected)")
+    return entries
+
+
+def _local_rows(files: list[str]) -> Iterator[dict]:
+    for path in files:
+        try:
+            parquet = pq.ParquetFile(path)
+            for batch in parquet.iter_batches(batch_size=BATCH_ROWS):
+                yield from batch.to_pylist()
+        except (OSError, ValueError) as error:  # pyarrow raises ArrowInvalid (a ValueError) on a torn file
+            raise OSError(f"{path}: not a readable parquet file ({error})") from None
+
+
+def _hub_rows(hub_id: str, config: str | None, split: str) -> Iterator[dict]:
+    from datasets import Image, List, load_dataset
+
+    rows = load_dataset(hub_id, config or None, split=split, streaming=True)
+    for column, feature in (rows.features or {}).items():  # keep images as bytes: a bad one is one row's problem
+        if isinstance(feature, Image):
+            rows = rows.cast_column(column, Image(decode=False))
+        elif isinstance(feature, List) and isinstance(feature.feature, Image):
+            rows = rows.cast_column(column, List(Image(decode=False)))
+    yield from rows
+
+
+def rows(entry: Entry, source: str | None, from_published: bool) -> Iterator[dict]:
+    """The subset's rows in order, as dicts (images as `{"bytes", "path"}`)."""
+    if is_local(source):
+        return _local_rows(local_files(source, entry.name))
+    if from_published:
+        return _hub_rows(source or PUBLISHED_HUB_ID, entry.name, "train")
+    return _hub_rows(entry.hub_id, entry.config, entry.split)
+
+
+def describe(entry: Entry, source: str | None, from_published: bool) -> str:
+    if is_local(source):
+        return ",".join(local_files(source, entry.name))
+    if from_published:
+        return f"{source or PUBLISHED_HUB_ID}:{entry.name}"
+    return f"{entry.hub_id}:{entry.config}:{entry.split}"
