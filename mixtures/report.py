@@ -8,35 +8,35 @@ import html
 
 from mixtures.validate import Report, SourceStats
 
-COLUMNS = [("source", 14), ("samples", 9), ("images", 8), ("text tok", 10), ("image tok", 10), ("share", 8),
-           ("target", 8), ("max tok", 8), ("max side", 8)]
-SFT_COLUMNS = [("subset", 22), ("rows", 8), ("images", 8), ("turns", 8), ("answer tok", 11), ("share", 8),
-               ("target", 8), ("max side", 8)]
-
-
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.2f}%"
 
 
 def source_rows(report: Report) -> tuple[list[str], list[list[str]]]:
     """(header, rows) of the per-source table, the same on the terminal and in the HTML page."""
+    stats = report.sources.items()
     if report.kind == "pretrain":
-        header = [name for name, _ in COLUMNS]
-        rows = [[name, f"{s.samples:,}", f"{s.images:,}", f"{s.text_tokens:,}", f"{s.image_tokens:,}", _pct(s.share),
-                 _pct(s.target), f"{s.max_tokens_seen:,}", f"{s.max_side_seen:,}"] for name, s in report.sources.items()]
-    else:
-        header = [name for name, _ in SFT_COLUMNS]
-        rows = [[name, f"{s.samples:,}", f"{s.images:,}", f"{s.turns:,}", f"{s.answer_tokens:,}", _pct(s.share),
-                 _pct(s.target), f"{s.max_side_seen:,}"] for name, s in report.sources.items()]
-        if report.kind == "cauldron":
-            header += ["paper images", "paper Q/A"]
-            rows = [row + [_ref(s, "images"), _ref(s, "qa_pairs")] for row, s in zip(rows, report.sources.values())]
-    return header, rows
+        return (["source", "samples", "images", "text tok", "image tok", "share", "target", "max tok", "max side"],
+                [[name, f"{s.samples:,}", f"{s.images:,}", f"{s.text_tokens:,}", f"{s.image_tokens:,}",
+                  _pct(s.share), _pct(s.target), f"{s.max_tokens_seen:,}", f"{s.max_side_seen:,}"]
+                 for name, s in stats])
+    if report.kind == "sft":
+        return (["subset", "rows", "images", "turns", "answer tok", "share", "target", "max side"],
+                [[name, f"{s.samples:,}", f"{s.images:,}", f"{s.turns:,}", f"{s.answer_tokens:,}", _pct(s.share),
+                  _pct(s.target), f"{s.max_side_seen:,}"] for name, s in stats])
+    return (["subset", "rows", "images", "turns", "max side", "paper images", "paper Q/A", "paper share"],
+            [[name, f"{s.samples:,}", f"{s.images:,}", f"{s.turns:,}", f"{s.max_side_seen:,}", _ref(s, "images"),
+              _ref(s, "qa_pairs"), _ref_share(s)] for name, s in stats])
 
 
 def _ref(stats: SourceStats, key: str) -> str:
     value = stats.reference.get(key)
     return f"{value:,}" if isinstance(value, int) else "-"
+
+
+def _ref_share(stats: SourceStats) -> str:
+    value = stats.reference.get("share")
+    return f"{value:.2f}%" if isinstance(value, (int, float)) else "-"
 
 
 def accounting_rows(report: Report) -> list[list[str]]:
@@ -101,7 +101,7 @@ def share_svg(report: Report, width: int = 720, bar: int = 22) -> str:
     """The shares chart as inline SVG: per source an actual bar (blue) over a target bar (orange)."""
     names, actual, target = _bars(report)
     top = max([*actual, *(t or 0 for t in target), 1.0])
-    label, scale = 170, (width - 170 - 70) / top
+    label, scale = 170, (width - 170 - 130) / top
     height = len(names) * (2 * bar + 12) + 30
     parts = [f'<svg width="{width}" height="{height}" role="img" '
              f'aria-label="actual against target share">']
@@ -121,7 +121,7 @@ def share_svg(report: Report, width: int = 720, bar: int = 22) -> str:
 CSS = """body{font-family:sans-serif;margin:24px;color:#222;max-width:1400px}
 table{border-collapse:collapse;margin:8px 0 16px}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}
 td:first-child,th:first-child{text-align:left}th{background:#eef}.failed{color:#b00020}.ok{color:#16803c}
-.sample{display:flex;flex-wrap:wrap;gap:8px;align-items:flex-start;border:1px solid #ddd;padding:8px;margin:8px 0}
+.failed.text{flex-basis:100%}.sample{display:flex;flex-wrap:wrap;gap:8px;align-items:flex-start;border:1px solid #ddd;padding:8px;margin:8px 0}
 .sample img{max-width:256px;max-height:256px;border:1px solid #999}.missing{width:96px;height:96px;
 background:#ddd;display:flex;align-items:center;justify-content:center}
 .text{white-space:pre-wrap;max-width:520px;font-size:13px;background:#fafafa;padding:4px}
@@ -135,20 +135,28 @@ def _html_table(header: list[str], rows: list[list[str]], table_id: str) -> str:
 
 
 def _html_item(kind: str, value: str | None) -> str:
+    if kind == "failed":
+        return f'<div class="text failed">{html.escape(value or "")}</div>'
     if kind == "image":
         return f'<img src="{value}" alt="image">' if value else '<div class="missing">unreadable image</div>'
     return f'<div class="text {kind}">{html.escape(value or "")}</div>'
 
 
-def _gallery(report: Report) -> str:
-    parts = ["<h2>Gallery</h2><p>The first samples of each source, images and text in their order.</p>"]
+def _samples(report: Report, attribute: str, title: str, intro: str) -> str:
+    parts = []
     for name, stats in report.sources.items():
-        if not stats.gallery:
-            continue
-        parts.append(f"<h3>{html.escape(name)}</h3>")
-        for sample in stats.gallery:
-            parts.append('<div class="sample">' + "".join(_html_item(k, v) for k, v in sample) + "</div>")
-    return "".join(parts)
+        samples = getattr(stats, attribute)
+        if samples:
+            parts.append(f"<h3>{html.escape(name)}</h3>")
+            parts += ['<div class="sample">' + "".join(_html_item(k, v) for k, v in sample) + "</div>"
+                      for sample in samples]
+    return f"<h2>{title}</h2><p>{intro}</p>" + "".join(parts) if parts else ""
+
+
+def _gallery(report: Report) -> str:
+    return (_samples(report, "flagged", "Samples that failed a check", "The first of each source, as stored.")
+            + _samples(report, "gallery", "Gallery", "The first samples of each source, images and text in their "
+                                                     "order."))
 
 
 def render_html(report: Report) -> str:

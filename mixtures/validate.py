@@ -70,6 +70,15 @@ class SourceStats:
     share: float | None = None  # actual share, 0..1, filled by `finish`
     reference: dict = field(default_factory=dict)  # published figures to compare with (Table 14)
     gallery: list = field(default_factory=list)  # [[("text", str) | ("image", data-URI or None)...]...]
+    flagged: list = field(default_factory=list)  # the first samples that broke a hard limit, shown like the gallery
+
+
+# hard limits counted per source -> what the failure line says
+LIMITS = {"over_image_cap": "images over the image size cap",
+          "over_max_tokens": "samples over the token maximum (or without a total)",
+          "bad_image_tokens": "samples whose image tokens are not images x image_tokens",
+          "size_mismatch": "images whose size is not the recorded image_sizes",
+          "bad_images": "images whose header cannot be read"}
 
 
 @dataclass
@@ -95,6 +104,7 @@ class Report:
         value = asdict(self)
         for stats in value["sources"].values():
             stats.pop("gallery")
+            stats.pop("flagged")
         value["unreadable"] = dict(self.unreadable)
         return value
 
@@ -187,12 +197,18 @@ def _add_pretrain_sample(report: Report, info: MixtureInfo, sample: Sample, gall
     stats.samples += 1
     stats.images += len(sample.images)
     stats.max_images = max(stats.max_images, len(sample.images))
+    before = {name: getattr(stats, name) for name in LIMITS}
     _check_images(stats, sample, target.image_max_side if target else None)
     _check_tokens(stats, sample, target, info.image_tokens)
-    if len(stats.gallery) < gallery:
+    broken = [what for name, what in LIMITS.items() if getattr(stats, name) != before[name]]
+    if len(stats.gallery) < gallery or (broken and len(stats.flagged) < gallery):
         images = iter(sample.images)
-        stats.gallery.append([("text", _gallery_text(t)) if t is not None else ("image", thumbnail_uri(next(images)))
-                              for t in sample.texts])
+        shown = [("text", _gallery_text(t)) if t is not None else ("image", thumbnail_uri(next(images)))
+                 for t in sample.texts]
+        if len(stats.gallery) < gallery:
+            stats.gallery.append(shown)
+        if broken and len(stats.flagged) < gallery:
+            stats.flagged.append([("failed", f"{sample.key}: {'; '.join(broken)}")] + shown)
 
 
 def validate_pretrain(folder: DataFolder, info: MixtureInfo, report: Report, sample: int | None,
@@ -358,6 +374,8 @@ def validate_cauldron(folder: DataFolder, report: Report, sample: int | None, ga
         report.notes.append("Table 14 figures are not available here (no cauldron registry): subsets are counted "
                             "but not compared with the paper")
     for subset, files in subsets.items():
+        if reference and subset not in reference:
+            report.failures.append(f"{subset}: not a subset of The Cauldron (Table 14)")
         stats = report.sources.setdefault(subset, SourceStats(reference=reference.get(subset, {})))
         report.files_total += len(files)
         for path in select_files(files, sample):
@@ -489,13 +507,9 @@ def _check_share(report: Report, name: str, stats: SourceStats) -> None:
 
 
 def _check_limits(report: Report, name: str, stats: SourceStats) -> None:
-    limits = [("over_image_cap", "images over the image size cap"),
-              ("over_max_tokens", "samples over the token maximum (or without a total)"),
-              ("bad_image_tokens", f"samples whose image tokens are not images x {report.info.get('image_tokens')}"),
-              ("size_mismatch", "images whose size is not the recorded image_sizes"),
-              ("bad_images", "images whose header cannot be read")]
-    for attribute, what in limits:
+    for attribute, what in LIMITS.items():
         if n := getattr(stats, attribute):
+            what = what.replace("image_tokens", str(report.info.get("image_tokens")))
             report.failures.append(f"{name}: {n} {what}")
 
 

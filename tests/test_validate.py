@@ -282,7 +282,12 @@ def test_cauldron_export_counts_rows_images_and_turns(tmp_path):
     assert report.kind == "cauldron" and set(report.sources) == {"ai2d", "vqav2"}
     assert (report.sources["vqav2"].samples, report.sources["vqav2"].images, report.sources["vqav2"].turns) == (5, 5, 5)
     assert any("sft" in note for note in report.notes)
-    assert check(folder)[0] == 0
+    assert report.sources["vqav2"].reference["qa_pairs"] == 443757  # Table 14, from the Cauldron registry
+    code, out = check(folder)
+    assert code == 0 and "443,757" in out
+    write_cauldron_export(folder, {"not_a_subset": 1})
+    code, out = check(folder)
+    assert code == 1 and "not_a_subset: not a subset of The Cauldron (Table 14)" in out
 
 
 def write_pipeline_output(folder: Path, kept: int = 3, removed: int = 1) -> Path:
