@@ -1,0 +1,274 @@
+"""The reference trainer: prompt layout and labels, data formats, learning, exact resume, hostile samples, DDP."""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+import shutil
+import tarfile
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from PIL import Image
+
+from mixtures.layout import MixtureInfo, Sample, SourceTarget, add_sample
+from tests.conftest import run_command
+from trainer.collate import IGNORE, BadSample, Example, Renderer, collate
+from trainer.config import TrainConfig, tiny_model
+from trainer.data import START, StreamSpec, batches
+from trainer.model import build_processor
+
+WORDS = "the a cat dog sat on mat red blue green house tree sky big small runs jumps over under".split()
+
+
+def jpeg(seed: int, size=(40, 30)) -> bytes:
+    rng = random.Random(seed)
+    image = Image.new("RGB", size, tuple(rng.randrange(256) for _ in range(3)))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def sentence(rng: random.Random, n: int = 8) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(n))
+
+
+def write_pretrain(folder: Path, samples: int = 24, shards: int = 2, extra: list[Sample] = ()) -> Path:
+    """A stage mixture in the contract layout: mixture.json + data/NNNNN.tar; samples with 0, 1 and 2 images."""
+    rng = random.Random(0)
+    (folder / "data").mkdir(parents=True)
+    all_samples = []
+    for i in range(samples):
+        images = [jpeg(i * 3 + j, (24 + 8 * j, 40)) for j in range(i % 3)]
+        texts = [None] * len(images) + [sentence(rng, 4 + i % 7)]
+        if images:  # an interleaved document: image, text, image, text
+            texts = [None, sentence(rng), None, sentence(rng)][: 2 * len(images)]
+        all_samples.append(Sample(f"s{i:04d}", "obelics" if images else "pairs", texts, images))
+    all_samples += list(extra)
+    for shard in range(shards):
+        with tarfile.open(folder / "data" / f"{shard:05d}.tar", "w") as tar:
+            for sample in all_samples[shard::shards]:
+                add_sample(tar, sample)
+    info = MixtureInfo("pretrain", "stage1", "samples", {"obelics": SourceTarget(0.7), "pairs": SourceTarget(0.3)},
+                       "data/*.tar")
+    (folder / "mixture.json").write_text(json.dumps(info.to_json()))
+    return folder
+
+
+SFT_SCHEMA = pa.schema([("images", pa.list_(pa.struct([("bytes", pa.binary()), ("path", pa.string())]))),
+                        ("texts", pa.list_(pa.struct([("user", pa.string()), ("assistant", pa.string()),
+                                                      ("source", pa.string())]))),
+                        ("subset", pa.string()), ("answer_tokens", pa.int64())])
+
+
+def sft_rows(count: int, seed: int = 0) -> list[dict]:
+    rng = random.Random(seed)
+    rows = []
+    for i in range(count):
+        images = [{"bytes": jpeg(100 + i, (32, 48)), "path": None}] * (0 if i % 4 == 3 else 1)
+        turns = [{"user": f"What color is the {rng.choice(WORDS)}?", "assistant": rng.choice(["red", "blue"]),
+                  "source": "fixture"} for _ in range(1 + i % 2)]
+        rows.append({"images": images, "texts": turns, "subset": "vqav2", "answer_tokens": 2})
+    return rows
+
+
+def write_sft(folder: Path, rows: int = 24) -> Path:
+    """An SFT mixture in the contract layout: mixture.json (kind sft) + data/NNNNN.parquet."""
+    (folder / "data").mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(sft_rows(rows), schema=SFT_SCHEMA), folder / "data" / "00000.parquet",
+                   row_group_size=10)
+    info = MixtureInfo("sft", "sft", "answer_tokens", {"vqav2": SourceTarget(1.0)}, "data/*.parquet")
+    (folder / "mixture.json").write_text(json.dumps(info.to_json()))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def processor():
+    return build_processor(tiny_model())
+
+
+def metrics(output: Path) -> list[dict]:
+    return [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
+
+
+def train(*args: str) -> None:
+    result = run_command("trainer.train", *args, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+# --- the prompt layout and labels -----------------------------------------------------------------------------
+
+
+def test_interleaved_prompt_matches_the_idefics2_processor(processor):
+    """Our piecewise prompt gives the processor's token ids exactly: adjacent images share a separator, a word glued
+    to an image gets its space, and the image-token count is images x latents."""
+    renderer = Renderer(processor, 4096, answers_only=False)
+    example = Example("x", [jpeg(1), jpeg(2), jpeg(3)], texts=[None, None, "A cat.", "And then", None, "end"])
+    ours = renderer.render(example)
+    prompt = "<image><image>A cat.\n\nAnd then<image>end"
+    expected = processor(text=[prompt])["input_ids"][0] + [processor.tokenizer.eos_token_id]
+    assert ours.input_ids == expected
+    assert ours.input_ids.count(processor.image_token_id) == 3 * 16
+    learned = [t for t, label in zip(ours.input_ids, ours.labels) if label != IGNORE]
+    assert processor.tokenizer.decode(learned) == " A cat.\n\nAnd then end" + processor.tokenizer.eos_token
+
+
+def test_image_splitting_gives_five_groups(processor):
+    cfg = tiny_model()
+    cfg.image_splitting = True
+    split = build_processor(cfg)
+    renderer = Renderer(split, 4096, answers_only=False)
+    ours = renderer.render(Example("x", [jpeg(1), jpeg(2)], texts=[None, None, "two"]))
+    assert ours.input_ids == split(text=["<image><image>two"])["input_ids"][0] + [split.tokenizer.eos_token_id]
+    assert ours.input_ids.count(split.image_token_id) == 2 * 5 * 16
+    batch = collate(renderer, [Example("x", [jpeg(1)], texts=[None, "one"])], 0, {})
+    assert batch.tensors["pixel_values"].shape[1] == 5  # 4 crops + the image
+
+
+def test_answer_only_masking_token_by_token(processor):
+    """In SFT exactly the answers and their <end_of_utterance> are learned: each token checked."""
+    renderer = Renderer(processor, 4096, answers_only=True)
+    turns = [("What is it?", "A red cat"), ("And the sky?", "blue")]
+    ours = renderer.render(Example("x", [jpeg(5)], turns=turns))
+    tokenizer, end = processor.tokenizer, tokenizer_id(processor, "<end_of_utterance>")
+    prompt = ("User:<image>What is it?<end_of_utterance>\nAssistant: A red cat<end_of_utterance>\n"
+              "User:And the sky?<end_of_utterance>\nAssistant: blue<end_of_utterance>\n")
+    assert ours.input_ids == processor(text=[prompt])["input_ids"][0]
+    answers = [tokenizer(" A red cat", add_special_tokens=False).input_ids + [end],
+               tokenizer(" blue", add_special_tokens=False).input_ids + [end]]
+    expected, i = [IGNORE] * len(ours.input_ids), 0
+    for answer in answers:  # find each answer after the previous one, mark exactly its tokens
+        while ours.input_ids[i:i + len(answer)] != answer:
+            i += 1
+        expected[i:i + len(answer)] = answer
+        i += len(answer)
+    assert ours.labels == expected
+    assert ours.labels.count(end) == 2 and ours.input_ids.count(end) == 4  # user turns' ends are not learned
+
+
+def tokenizer_id(processor, token: str) -> int:
+    return processor.tokenizer.convert_tokens_to_ids(token)
+
+
+def test_bad_samples_are_counted_not_fatal(processor):
+    """Undecodable image, injected special token, too long: counted per reason; a batch whose first sample has no
+    image still carries the others' images (an image alone still teaches the end of the document)."""
+    renderer = Renderer(processor, 200, answers_only=False)
+    examples = [Example("a", [], texts=["no image first"]),
+                Example("b", [b"not a jpeg"], texts=[None, "broken"]),
+                Example("c", [jpeg(1)], texts=[None, "fake <image> inside"]),
+                Example("d", [], texts=[" ".join(WORDS * 20)]),
+                Example("e", [jpeg(2)], texts=[None]),
+                Example("f", [jpeg(3)], texts=[None, "fine"])]
+    batch = collate(renderer, examples, 0, {})
+    assert dict(batch.skipped) == {"bad_image": 1, "special_token_in_text": 1, "too_long": 1}
+    assert batch.tensors["input_ids"].shape[0] == 3 and batch.images == 2
+    pixels = batch.tensors["pixel_values"]
+    assert pixels[0].abs().sum() == 0 and pixels[1].abs().sum() > 0 and pixels[2].abs().sum() > 0
+    with pytest.raises(BadSample):
+        renderer.render(Example("g", [jpeg(1), jpeg(2)], texts=[None, "one image place for two"]))
+
+
+def test_images_keep_aspect_within_bounds():
+    """Longest side <= 980, shortest >= 378, aspect ratio kept (paper section 2.3); the stock image processor
+    alone would stretch a small image to a square."""
+    cfg = tiny_model()
+    cfg.image_longest_edge, cfg.image_shortest_edge = 980, 378
+    renderer = Renderer(build_processor(cfg), 4096, answers_only=False)
+    sizes = {(100, 150): (378, 567), (3000, 2000): (980, 653), (500, 400): (500, 400), (2000, 500): (980, 245)}
+    for (width, height), expected in sizes.items():
+        batch = collate(renderer, [Example("x", [jpeg(1, (width, height))], texts=[None, "x"])], 0, {})
+        mask = batch.tensors["pixel_attention_mask"][0, 0]
+        real = (int(mask.any(0).sum()), int(mask.any(1).sum()))  # (width, height) of the real pixels
+        assert real == expected or (width, height) == (2000, 500) and real == (980, 378), (width, height, real)
+
+
+# --- the data stream ------------------------------------------------------------------------------------------
+
+
+def test_length_grouping_is_deterministic_and_resumable(tmp_path):
+    """Same spec -> same batches; starting from any batch's position gives the same later batches."""
+    data = write_pretrain(tmp_path / "mix", samples=40, shards=3)
+    from trainer.data import find_files
+
+    spec = StreamSpec(find_files([str(data)]), batch_size=4, length_buffer=12, image_tokens=16, seed=3)
+    run = [(i, pos, [e.origin for e in ex]) for (i, pos, ex, _), _ in zip(batches(spec), range(25))]
+    again = [(i, pos, [e.origin for e in ex]) for (i, pos, ex, _), _ in zip(batches(spec), range(25))]
+    assert run == again
+    lengths = [sorted(e.length_estimate(16) for e in ex) for (_, _, ex, _), _ in zip(batches(spec), range(3))]
+    assert all(len(batch) == 4 for batch in lengths)
+    for k in (1, 5, 11):
+        position = {**run[k][1], "batch": k + 1}
+        resumed = [(i, [e.origin for e in ex]) for (i, _, ex, _), _ in zip(batches(spec, position), range(40))]
+        resumed = [r for r in resumed if r[0] > k][:8]
+        assert resumed == [(i, o) for i, _, o in run[k + 1:k + 9]]
+    # two ranks read disjoint samples
+    ranks = [StreamSpec(spec.files, 4, 12, 16, 3, rank, 2) for rank in (0, 1)]
+    seen = [{e.origin for (_, _, ex, _), _ in zip(batches(s), range(3)) for e in ex} for s in ranks]
+    assert seen[0] and seen[1] and not seen[0] & seen[1]
+
+
+# --- training end to end --------------------------------------------------------------------------------------
+
+
+def test_loss_on_a_fixed_batch_falls_by_half(tmp_path):
+    """One batch repeated (length buffer = batch = the whole data): the tiny model overfits it, loss -50% in 50."""
+    data = write_pretrain(tmp_path / "mix", samples=4, shards=1)
+    out = tmp_path / "run"
+    train("--data", str(data), "--model", "tiny", "--steps", "50", "--output", str(out), "--batch-size", "4",
+          "--length-buffer", "4", "--lr-new", "3e-3", "--warmup-steps", "5", "--workers", "0",
+          "--checkpoint-every", "50")
+    losses = [row["loss"] for row in metrics(out)]
+    assert len(losses) == 50 and losses[-1] <= 0.5 * losses[0], (losses[0], losses[-1])
+    row = metrics(out)[-1]
+    assert set(row) == {"step", "loss", "lr", "tokens_per_s", "images_per_s", "padding_fraction",
+                        "data_wait_fraction"}  # no mfu on CPU
+    assert (out / "loss.png").stat().st_size > 1000
+
+
+def test_resume_matches_the_uninterrupted_run_exactly(tmp_path):
+    """Stopped at step 4 and rerun: every later loss equals the uninterrupted run's (CPU, exact floats), data
+    position, optimizer, schedule and RNG (NEFTune noise in SFT) restored; DataLoader workers on."""
+    data = write_sft(tmp_path / "sft", rows=30)
+    common = ["--data", str(data), "--stage", "sft", "--model", "tiny", "--steps", "9", "--batch-size", "3",
+              "--length-buffer", "9", "--workers", "2", "--checkpoint-every", "2", "--grad-accum", "2"]
+    train(*common, "--output", str(tmp_path / "straight"))
+    train(*common, "--output", str(tmp_path / "stopped"), "--stop-after", "5")
+    assert len(metrics(tmp_path / "stopped")) == 5
+    train(*common, "--output", str(tmp_path / "stopped"))
+    straight, resumed = metrics(tmp_path / "straight"), metrics(tmp_path / "stopped")
+    assert [r["step"] for r in resumed] == list(range(1, 10))
+    assert [(r["loss"], r["lr"]) for r in resumed] == [(r["loss"], r["lr"]) for r in straight]
+    changed = run_command("trainer.train", *common, "--output", str(tmp_path / "stopped"), "--seed", "1")
+    assert changed.returncode == 2 and "seed" in changed.stderr and "Traceback" not in changed.stderr
+
+
+def test_every_format_loads_and_trains(tmp_path):
+    """A pretraining mixture, an SFT mixture, a Cauldron subset folder and a bare .tar; a hostile tar sample is
+    counted in skipped.json. The wrong stage for the data is one line."""
+    pretrain = write_pretrain(tmp_path / "stage1", samples=10)
+    with tarfile.open(pretrain / "data" / "00000.tar", "a") as tar:  # a member outside the layout
+        info = tarfile.TarInfo("evil.exe")
+        info.size = 3
+        tar.addfile(info, io.BytesIO(b"MZ!"))
+    sft = write_sft(tmp_path / "sft", rows=8)
+    cauldron = tmp_path / "cauldron" / "vqav2"
+    cauldron.mkdir(parents=True)
+    table = pa.Table.from_pylist(sft_rows(6, seed=1), schema=SFT_SCHEMA).select(["images", "texts"])
+    pq.write_table(table, cauldron / "train-00000-of-00001.parquet")
+    common = ["--model", "tiny", "--steps", "3", "--batch-size", "4", "--length-buffer", "8", "--workers", "0"]
+    train("--data", str(pretrain), *common, "--output", str(tmp_path / "p"))
+    train("--data", str(pretrain / "data" / "00001.tar"), *common, "--output", str(tmp_path / "t"))
+    train("--data", f"{sft},{cauldron.parent}", "--stage", "sft", *common, "--output", str(tmp_path / "s"))
+    skipped = json.loads((tmp_path / "p" / "skipped.json").read_text())
+    assert skipped.get("unknown_member") == 1
+    for run in ("p", "t", "s"):
+        assert len(metrics(tmp_path / run)) == 3
+    wrong = run_command("trainer.train", "--data", str(sft), *common, "--output", str(tmp_path / "w"))
+    assert wrong.returncode == 2 and "--stage pretrain" in wrong.stderr and "Traceback" not in wrong.stderr
+    missing = run_command("trainer.train", "--data", str(tmp_path / "nope"), *common, "--output", str(tmp_path / "m"))
+    assert missing.returncode == 2 and "nope" in missing.stderr and "Traceback" not in missing.stderr
