@@ -28,7 +28,7 @@ from cauldron.sft_mixture import SftOptions, build as build_sft
 from filters.errors import UsageError
 from pipelines.executors import ExecutorOptions, run_executor, shard_outcomes
 from pipelines.manifest import check_and_write
-from pipelines.options import add_arguments, at_least, from_args, normalise_path, option, output_options
+from pipelines.options import add_arguments, from_args, normalise_path, option, output_options
 
 DEFAULT_TOKENIZER = "HuggingFaceM4/idefics2-8b"  # the paper's model; contract 4
 ORIGINAL_BENCHMARKS = ("mmbench", "mathvista", "mmmu")  # the original build dropped these test images
@@ -42,21 +42,20 @@ class CauldronOptions:
                                       "--from-published (default: each subset's source on the Hub; with "
                                       f"--from-published, {registry.PUBLISHED_HUB_ID})", path=True, flag="--source",
                                 metavar="HUB_OR_DIR")
-    from_published: bool = option(False, "read rows in the published Cauldron schema instead of rebuilding them",
-                                  flag="--from-published")
     max_rows: int = option(200_000, "rows per subset at most (the original build's cap)", flag="--max-rows",
                            minimum=1)
     decontam_index: str | None = option(None, "decontamination index (python -m filters.decontam build); every "
                                               "benchmark in it is removed. Default: an index of the MMBench, "
                                               "MathVista and MMMU images built from the Hub, as the original; "
                                               "'none' to skip", path=True, flag="--decontam-index", metavar="INDEX")
-    shuffle_turns: bool = option(False, "shuffle the turns of merged rows (seeded by the row)", flag="--shuffle-turns")
     tokenizer: str = option(DEFAULT_TOKENIZER, "tokenizer that counts answer tokens", path=True, flag="--tokenizer")
     sft_tokens: int | None = option(None, "answer tokens of the SFT mixture (default: the most for which no subset "
                                           "repeats a row)", flag="--sft-tokens", minimum=1)
     seed: int = option(0, "seed of the SFT mixture's draw and order", flag="--seed")
-    sft_rows_per_file: int = option(10_000, "rows per SFT parquet file", flag="--sft-rows-per-file", minimum=1,
-                                    changes_output=True)
+    sft_rows_per_file: int = option(10_000, "rows per SFT parquet file", flag="--sft-rows-per-file", minimum=1)
+    # switches (no value), recorded in the manifest with the options above
+    from_published: bool = False
+    shuffle_turns: bool = False
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,6 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", help="output folder")
     parser.add_argument("--logging-dir", default=None, help="logs and completion markers (default: OUTPUT/logs)")
     add_arguments(parser, "The Cauldron", CauldronOptions, "")
+    switches = parser.add_argument_group("switches")
+    switches.add_argument("--from-published", action="store_true",
+                          help="read rows in the published Cauldron schema instead of rebuilding them")
+    switches.add_argument("--shuffle-turns", action="store_true",
+                          help="shuffle the turns of merged rows (seeded by the row)")
     ExecutorOptions.add_arguments(parser, job_name="idefics2-cauldron")
     return parser
 
@@ -113,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.output:
         raise UsageError("--output: required (or --list)")
     options = from_args(CauldronOptions, args, "")
+    options.from_published, options.shuffle_turns = args.from_published, args.shuffle_turns
     executor = ExecutorOptions.from_args(args)
     chosen = registry.select(options.subsets)
     explicit = options.subsets not in ("all", "subsets", "text")
@@ -125,10 +130,11 @@ def run(args: argparse.Namespace) -> int:
     names = [e.name for e in entries]
     manifest = {"pipeline": "cauldron", "input": normalise_path(options.source), "files": names,
                 "steps": ["format", "decontam", "write", "sft"], "limit": None,
-                "options": output_options(options, "")}
+                "options": {**output_options(options, ""), "--from-published": options.from_published,
+                            "--shuffle-turns": options.shuffle_turns}}
     check_and_write(output, manifest, range(len(names)))
     index = resolve_index(options.decontam_index, args.output)
-    settings = SubsetSettings(os.path.abspath(args.output), names, options.source, options.from_published,
+    settings = SubsetSettings(os.path.abspath(args.output), names, normalise_path(options.source), options.from_published,
                               options.max_rows, index, options.tokenizer, options.shuffle_turns)
     logging_dir = args.logging_dir or os.path.join(args.output, "logs")
     run_executor([BuildSubsets(settings)], len(names), range(len(names)), logging_dir, executor)

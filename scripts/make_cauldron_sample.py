@@ -1,6 +1,6 @@
 """Build the Cauldron sample that ships in `pipelines/sample_data/cauldron/`, reproducibly and offline.
 
-    python scripts/make_cauldron_sample.py      # rewrites pipelines/sample_data/cauldron/
+    python scripts/make_cauldron_sample.py [--output DIR]     # default: rewrites pipelines/sample_data/cauldron/
 
 `sources/<name>.parquet`: three or four rows of every registry entry (the 50 subsets and the text-only sets) in
 its source's schema, as `cauldron/registry.toml` maps it (images as the `datasets` Image encoding
@@ -16,6 +16,7 @@ Same inputs, same seed: same bytes.
 
 from __future__ import annotations
 
+import argparse
 import io
 import sys
 from pathlib import Path
@@ -151,11 +152,14 @@ def published_rows(name: str) -> list[dict]:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--output", type=Path, default=OUT)
+    out = parser.parse_args().output
     for entry in entries().values():
-        write(OUT / "sources" / f"{entry.name}.parquet", plant(entry.name, source_rows(entry)))
+        write(out / "sources" / f"{entry.name}.parquet", plant(entry.name, source_rows(entry)))
     for name in ("ai2d", "chartqa"):
-        write(OUT / "published" / name / "train-00000-of-00001.parquet", published_rows(name))
-    print(f"wrote {OUT}")
+        write(out / "published" / name / "train-00000-of-00001.parquet", published_rows(name))
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":
