@@ -27,6 +27,7 @@ CAULDRON = ("The Cauldron", "HuggingFaceM4/the_cauldron", "other",
 MIXTURE_SOURCES = {"obelics": [OBELICS], "pairs": [LAION_COCO], "pages": [PDFA, IDL]}
 PIPELINES = {"obelics": [OBELICS], "laion_coco": [LAION_COCO], "pdfa": [PDFA, IDL]}
 PAGE_FILE_PREFIXES = {"pdfa-eng-train": PDFA, "idl-train": IDL}  # the public shards' names (Hub file lists)
+PAGE_FORMATS = {"pdfa": PDFA, "idl": IDL}  # the pages pipeline's --format
 MAX_EMBEDDED_CHARS = 50_000  # a summary or report longer than this is cut in the card (the file itself is pushed)
 
 
@@ -38,6 +39,7 @@ def licences(report: Report, manifest: dict | None) -> list[tuple[str, str, str,
         found = PIPELINES.get(report.name, [])
         files = (manifest or {}).get("files") or []
         named = {PAGE_FILE_PREFIXES[p] for f in files for p in PAGE_FILE_PREFIXES if str(f).startswith(p)}
+        named |= {PAGE_FORMATS[f] for f in [((manifest or {}).get("options") or {}).get("--format")] if f in PAGE_FORMATS}
         return ([s for s in found if s in named] or found) if report.name == "pdfa" else found
     return [source for name in report.sources for source in MIXTURE_SOURCES.get(name, [])]
 
@@ -84,10 +86,9 @@ def configs(report: Report, files: list[str], max_images: int) -> tuple[list[dic
             info.insert(0, _info("sft", conversation_features(sft=True)))
         return out, info
     data = sorted({f"data/*{Path(f).suffix}" for f in files if f.startswith("data/")})
-    out = [{"config_name": "default", "data_files": _data_files(data[0] if len(data) == 1 else data)}]
-    if any(f.startswith("images/") for f in files):
-        out.append({"config_name": "images", "data_files": _data_files("images/*.tar")})
-    return out, []
+    # images/*.tar (the URL pipelines' downloads) get no config: `datasets` reads every config of a repository with
+    # one builder, inferred from all data files, so tars beside parquet would break the default config
+    return [{"config_name": "default", "data_files": _data_files(data[0] if len(data) == 1 else data)}], []
 
 
 def _folder_patterns(files: list[str]) -> dict[str, str | list[str]]:
@@ -117,7 +118,17 @@ def _json_block(value) -> str:
     return f"```json\n{text}\n```\n"
 
 
-def _recipe(report: Report) -> str:
+def _pipeline_recipe(manifest: dict | None) -> str:
+    """A pipeline output's recipe: its steps and every option that changed its output, from its manifest."""
+    if not manifest:
+        return ""
+    recipe = {k: manifest.get(k) for k in ("pipeline", "steps", "limit", "shards", "options") if k in manifest}
+    return "## Recipe\n\nThe run's steps and output-changing options (`manifest.json`):\n\n" + _json_block(recipe)
+
+
+def _recipe(report: Report, manifest: dict | None) -> str:
+    if report.kind == "pipeline":
+        return _pipeline_recipe(manifest)
     if not report.info:
         return ""
     rows = ["| source | target share | max tokens | image max side |", "|---|---|---|---|"]
@@ -129,12 +140,16 @@ def _recipe(report: Report) -> str:
             + "\n".join(rows) + "\n\n" + _json_block({**spec, "spec": report.info.get("extra", {})}))
 
 
-def _usage(repo_id: str, report: Report, config_names: list[str]) -> str:
+def _usage(repo_id: str, report: Report, config_names: list[str], images: bool) -> str:
     if report.kind == "cauldron":
-        example = f'load_dataset("{repo_id}", "{config_names[0]}", split="train")'
+        example = f'load_dataset("{repo_id}", "{config_names[-1]}", split="train")'
     else:
         example = f'load_dataset("{repo_id}", split="train")'
-    return f"## Loading\n\n```python\nfrom datasets import load_dataset\n\nds = {example}\n```\n"
+    text = f"## Loading\n\n```python\nfrom datasets import load_dataset\n\nds = {example}\n```\n"
+    if images:
+        text += ("\nThe downloaded images are in `images/*.tar` (webdataset; each image's JSON names its URL), loaded "
+                 f'with `load_dataset("webdataset", data_files="hf://datasets/{repo_id}/images/*.tar")`.\n')
+    return text
 
 
 def dataset_card(report: Report, folder: Path, files: list[str], repo_id: str, max_images: int = 0) -> str:
@@ -146,11 +161,12 @@ def dataset_card(report: Report, folder: Path, files: list[str], repo_id: str, m
     parts = [_front_matter(report, files, max_images, sources),
              f"# {repo_id}\n\n{_what(report)} Made with the Idefics2 data recipe (Laurençon et al., 2024, "
              f"\"What matters when building vision-language models?\").\n",
-             _usage(repo_id, report, [c["config_name"] for c in configs(report, files, max_images)[0]]),
+             _usage(repo_id, report, [c["config_name"] for c in configs(report, files, max_images)[0]],
+                    any(f.startswith("images/") for f in files)),
              "## Sources and licences\n\n| source | Hub | licence |\n|---|---|---|\n"
              + "".join(f"| {name} | {hub} | {note} |\n" for name, hub, _, note in sources)
              + "\nEach source's own terms apply to its part of the data.\n",
-             _recipe(report),
+             _recipe(report, manifest),
              "## Validation\n\n`python -m mixtures.validate` on the pushed data:\n\n```\n"
              + format_table(report).replace(report.path, ".") + "\n```\n"]
     summary = _read_json(folder / "summary.json")
@@ -160,7 +176,7 @@ def dataset_card(report: Report, folder: Path, files: list[str], repo_id: str, m
     report_md = folder / "decontam_report.md"
     if report_md.is_file():
         text = report_md.read_text(encoding="utf-8", errors="replace")[:MAX_EMBEDDED_CHARS]
-        parts.append("## Decontamination\n\n" + text.replace("\n#", "\n###") + "\n")
+        parts.append("## Decontamination\n\n" + ("\n" + text).replace("\n#", "\n###").strip() + "\n")
     return "\n".join(p for p in parts if p)
 
 

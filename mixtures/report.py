@@ -77,19 +77,29 @@ def _bars(report: Report) -> tuple[list[str], list[float], list[float | None]]:
 
 
 def write_plot(report: Report, path: str) -> None:
-    """Actual against target share per source, as grouped bars (PNG)."""
+    """Actual against target share per source as paired bars (PNG): upright for a few sources, lying down for many
+    (the Cauldron's 50-odd subsets stay readable)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     names, actual, target = _bars(report)
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * len(names) + 2), 4))
-    x = range(len(names))
-    ax.bar([i - 0.2 for i in x], actual, width=0.4, label="actual", color="#3b7dd8")
-    ax.bar([i + 0.2 for i in x], [t or 0 for t in target], width=0.4, label="target", color="#f0a030")
-    ax.set_xticks(list(x), names, rotation=45 if len(names) > 6 else 0, ha="right" if len(names) > 6 else "center")
-    ax.set_ylabel(f"% of {report.share_of.replace('_', ' ')}")
+    many = len(names) > 8
+    fig, ax = plt.subplots(figsize=(8, 0.28 * len(names) + 1.5) if many else (6, 4))
+    positions = range(len(names))
+    bars = ax.barh if many else ax.bar
+    spread = (lambda d: [len(names) - 1 - i + d for i in positions]) if many else (lambda d: [i + d for i in positions])
+    size = {"height": 0.4} if many else {"width": 0.4}
+    bars(spread(0.2 if many else -0.2), actual, label="actual", color="#3b7dd8", **size)
+    bars(spread(-0.2 if many else 0.2), [t or 0 for t in target], label="target", color="#f0a030", **size)
+    unit = f"% of {report.share_of.replace('_', ' ')}"
+    if many:
+        ax.set_yticks(spread(0), names, fontsize=8)
+        ax.set_xlabel(unit)
+    else:
+        ax.set_xticks(list(positions), names)
+        ax.set_ylabel(unit)
     ax.set_title(f"{report.kind} {report.name}: actual vs target share".strip())
     ax.legend()
     fig.tight_layout()

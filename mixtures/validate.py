@@ -519,10 +519,10 @@ def detect(folder: DataFolder) -> str:
         raise ValidateError(f"{folder.path}: no such folder")
     if folder.isfile(MIXTURE_FILE):
         return "mixture"
+    if cauldron_subsets(folder):  # before pipeline outputs: the Cauldron's build writes a summary and manifest too
+        return "cauldron"
     if folder.isfile(SUMMARY_FILE) and folder.isfile(MANIFEST_FILE):
         return "pipeline"
-    if cauldron_subsets(folder):
-        return "cauldron"
     raise ValidateError(f"{folder.path}: not a mixture (no {MIXTURE_FILE}), a pipeline output (no {SUMMARY_FILE} and "
                         f"{MANIFEST_FILE}) or a Cauldron export (no subset folders of parquet)")
 

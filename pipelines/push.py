@@ -45,8 +45,13 @@ def data_files(folder: Path, report: Report) -> list[str]:
     """The files to push, relative to `folder`: the data of its kind and the run's records."""
     if report.kind in ("pretrain", "sft"):
         patterns = [report.info["files"]]
-    elif report.kind == "cauldron":
-        patterns = ["*/**/*.parquet", "sft/" + MIXTURE_FILE]
+    elif report.kind == "cauldron":  # the subsets validate recognised, and the SFT mixture beside them
+        from datatrove.io import get_datafolder
+
+        from mixtures.validate import cauldron_subsets
+
+        subsets = cauldron_subsets(get_datafolder(str(folder)))
+        patterns = [p for files in subsets.values() for p in files] + ["sft/" + MIXTURE_FILE, "sft/data/*.parquet"]
     else:
         patterns = ["data/*.parquet", "data/*.tar", "images/*.tar"]
     found = {p.relative_to(folder).as_posix() for pattern in patterns for p in folder.glob(pattern) if p.is_file()}

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import datasets
 import httpx2  # huggingface_hub 2.x's HTTP client
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from huggingface_hub import HfApi
 from huggingface_hub.errors import HfHubHTTPError
@@ -186,8 +188,14 @@ def test_pipeline_output_dry_run_loads_the_kept_documents(tmp_path):
 def test_cauldron_export_has_one_config_per_subset_and_the_sft_mixture_as_default(tmp_path):
     folder = write_cauldron_export(tmp_path / "cauldron", {"ai2d": 3, "vqav2": 5})
     write_sft_mixture(folder / "sft", {"vqav2": 60, "ai2d": 40}, {"vqav2": 0.6, "ai2d": 0.4})
+    (folder / "removed").mkdir()  # the build's removal records: not a subset, not pushed
+    pq.write_table(pa.table({"reason": ["eval_match"]}), folder / "removed" / "ai2d.parquet")
     assert main([str(folder), "--repo-id", "org/cauldron", "--dry-run", str(tmp_path / "stage")]) == 0
     stage = str(tmp_path / "stage")
+    staged = sorted(p.relative_to(tmp_path / "stage").as_posix() for p in (tmp_path / "stage").rglob("*")
+                    if p.is_file())
+    assert staged == ["README.md", "ai2d/train-00000.parquet", "sft/data/00000.parquet", "sft/mixture.json",
+                      "vqav2/train-00000.parquet"]
     assert len(datasets.load_dataset(stage, "ai2d", split="train")) == 3
     vqav2 = datasets.load_dataset(stage, "vqav2", split="train")
     assert vqav2[0]["texts"][0]["assistant"] == "A red square." and vqav2[0]["images"][0].size == (40, 30)

@@ -290,6 +290,18 @@ def test_cauldron_export_counts_rows_images_and_turns(tmp_path):
     assert code == 1 and "not_a_subset: not a subset of The Cauldron (Table 14)" in out
 
 
+def test_cauldron_export_with_its_build_records_is_still_a_cauldron_export(tmp_path):
+    """The Cauldron's build writes summary.json and manifest.json beside the subsets, as pipelines do."""
+    folder = write_cauldron_export(tmp_path / "cauldron", {"ai2d": 3})
+    (folder / "summary.json").write_text(json.dumps({"subsets": {"ai2d": {"rows": 3}}}))
+    (folder / "manifest.json").write_text(json.dumps({"pipeline": "cauldron"}))
+    (folder / "removed").mkdir()
+    pq.write_table(pa.table({"reason": ["eval_match"]}), folder / "removed" / "ai2d.parquet")
+    report = validate(str(folder))
+    assert report.kind == "cauldron" and set(report.sources) == {"ai2d"}
+    assert check(folder)[0] == 0
+
+
 def write_pipeline_output(folder: Path, kept: int = 3, removed: int = 1) -> Path:
     """The files a pipeline run leaves that validate reads: manifest, summary, data and removed shards."""
     (folder / "data").mkdir(parents=True)
