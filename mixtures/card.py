@@ -39,7 +39,8 @@ def licences(report: Report, manifest: dict | None) -> list[tuple[str, str, str,
         found = PIPELINES.get(report.name, [])
         files = (manifest or {}).get("files") or []
         named = {PAGE_FILE_PREFIXES[p] for f in files for p in PAGE_FILE_PREFIXES if str(f).startswith(p)}
-        named |= {PAGE_FORMATS[f] for f in [((manifest or {}).get("options") or {}).get("--format")] if f in PAGE_FORMATS}
+        page_format = ((manifest or {}).get("options") or {}).get("--format")
+        named |= {PAGE_FORMATS[page_format]} if page_format in PAGE_FORMATS else set()
         return ([s for s in found if s in named] or found) if report.name == "pdfa" else found
     return [source for name in report.sources for source in MIXTURE_SOURCES.get(name, [])]
 

@@ -131,7 +131,8 @@ def share_svg(report: Report, width: int = 720, bar: int = 22) -> str:
 CSS = """body{font-family:sans-serif;margin:24px;color:#222;max-width:1400px}
 table{border-collapse:collapse;margin:8px 0 16px}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}
 td:first-child,th:first-child{text-align:left}th{background:#eef}.failed{color:#b00020}.ok{color:#16803c}
-.failed.text{flex-basis:100%}.sample{display:flex;flex-wrap:wrap;gap:8px;align-items:flex-start;border:1px solid #ddd;padding:8px;margin:8px 0}
+.failed.text{flex-basis:100%;max-width:none}
+.sample{display:flex;flex-wrap:wrap;gap:8px;align-items:flex-start;border:1px solid #ddd;padding:8px;margin:8px 0}
 .sample img{max-width:256px;max-height:256px;border:1px solid #999}.missing{width:96px;height:96px;
 background:#ddd;display:flex;align-items:center;justify-content:center}
 .text{white-space:pre-wrap;max-width:520px;font-size:13px;background:#fafafa;padding:4px}

@@ -425,7 +425,8 @@ def _shard_files(folder: DataFolder, subfolder: str) -> dict[str, str]:
 
 def _valid_record(record) -> bool:
     return (isinstance(record, dict) and all(_int(record.get(k)) is not None for k in ("input", "kept"))
-            and isinstance(record.get("removed"), dict) and all(_int(v) is not None for v in record["removed"].values()))
+            and isinstance(record.get("removed"), dict)
+            and all(_int(v) is not None for v in record["removed"].values()))
 
 
 def _check_shard(folder: DataFolder, report: Report, shard: str, record, files: dict) -> None:
@@ -533,6 +534,9 @@ def load_info(folder: DataFolder) -> MixtureInfo:
     except (ValueError, UnicodeDecodeError, TypeError, KeyError, AttributeError) as error:
         raise ValidateError(f"{folder.resolve_paths(MIXTURE_FILE)}: not a mixture.json ({type(error).__name__}: "
                             f"{error})")
+    if not isinstance(info.files, str) or info.files.startswith("/") or ".." in info.files.split("/"):
+        raise ValidateError(f"{folder.resolve_paths(MIXTURE_FILE)}: files {info.files!r} must be a glob inside the "
+                            f"mixture folder")
     if info.kind not in ("pretrain", "sft"):
         raise ValidateError(f"{folder.resolve_paths(MIXTURE_FILE)}: unknown kind {info.kind!r}")
     return info

@@ -16,7 +16,6 @@ HF_TOKEN): it is never passed, printed or written by this command.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import shutil
 import sys

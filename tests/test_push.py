@@ -3,8 +3,6 @@ uploaded loaded with `datasets.load_dataset` as the Hub would serve it, and the 
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 import datasets

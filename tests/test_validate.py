@@ -8,7 +8,6 @@ from __future__ import annotations
 import html
 import io
 import json
-import re
 from html.parser import HTMLParser
 import tarfile
 from pathlib import Path
@@ -210,7 +209,8 @@ def test_html_is_one_self_contained_page(tmp_path):
     code, _ = check(folder, "--html", str(tmp_path / "r.html"))
     page = (tmp_path / "r.html").read_text()
     assert code == 0 and no_outside_reference(page)
-    assert '<table id="shares">' in page and "<svg" in page and page.count("data:image/jpeg;base64,") == 4 + 3  # obelics-00000 has two
+    assert '<table id="shares">' in page and "<svg" in page
+    assert page.count("data:image/jpeg;base64,") == 4 + 3  # three samples a source; obelics-00000 has two images
 
 
 def test_html_gallery_escapes_hostile_text(tmp_path):
@@ -249,6 +249,10 @@ def test_unknown_and_unreadable_folders_are_one_line_exit_2(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "mixture.json: not a mixture.json" in err
     assert main([str(write_mixture(tmp_path / "ok")), "--html", str(tmp_path / "no" / "dir" / "r.html")]) == 2
+    info = json.loads((tmp_path / "ok" / "mixture.json").read_text())
+    (tmp_path / "ok" / "mixture.json").write_text(json.dumps({**info, "files": "../*/data/*.tar"}))
+    assert main([str(tmp_path / "ok")]) == 2
+    assert "must be a glob inside the mixture folder" in capsys.readouterr().err
 
 
 def test_sft_mixture_shares_of_answer_tokens(tmp_path):
