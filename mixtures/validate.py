@@ -41,6 +41,8 @@ GALLERY_TEXT_CHARS = 1200  # a gallery text longer than this is cut (the page st
 MAX_THUMBNAIL_PIXELS = 89_478_485  # Pillow's decompression-bomb threshold: a larger image is not decoded
 SUMMARY_FILE, MANIFEST_FILE = "summary.json", "manifest.json"
 SFT_COLUMNS = ["images", "texts", "subset", "answer_tokens"]  # the SFT mixture's parquet columns (contract)
+REMOTE_ERROR_MODULES = {"httpx", "httpx2", "huggingface_hub", "botocore", "aiobotocore", "s3fs", "gcsfs", "aiohttp",
+                        "requests", "fsspec"}  # where hf://, s3://, gs://... errors come from: "cannot be read"
 PARQUET_BATCH_ROWS = 64  # rows held at once while reading SFT/Cauldron parquet (images are large)
 
 
@@ -231,7 +233,7 @@ def validate_pretrain(folder: DataFolder, info: MixtureInfo, report: Report, sam
                         report.unreadable[item.reason] += 1
                     else:
                         _add_pretrain_sample(report, info, item, gallery)
-        except (tarfile.TarError, OSError, EOFError) as error:
+        except Exception as error:  # a damaged tar, or a remote file system failing mid-stream: counted, not a crash
             report.unreadable["unreadable_tar"] += 1
             report.notes.append(f"{folder.resolve_paths(path)}: {type(error).__name__}: {error}; samples before it "
                                 f"were counted")
@@ -545,6 +547,24 @@ def load_info(folder: DataFolder) -> MixtureInfo:
 def validate(path: str, tolerance: float = DEFAULT_TOLERANCE, sample: int | None = None,
              gallery: int = 0) -> Report:
     """Check the folder at `path` (local or any fsspec URL); raises `ValidateError` when it cannot be read."""
+    try:
+        return _validate(path, tolerance, sample, gallery)
+    except ValidateError:
+        raise
+    except (OSError, ImportError) as error:
+        raise ValidateError(f"{path}: cannot be read ({type(error).__name__}: {_first_line(error)})")
+    except Exception as error:  # what a remote file system raises (HTTP, credentials) is not OSError everywhere
+        if type(error).__module__.split(".")[0] in REMOTE_ERROR_MODULES:
+            raise ValidateError(f"{path}: cannot be read ({type(error).__name__}: {_first_line(error)})")
+        raise
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else "no detail"
+
+
+def _validate(path: str, tolerance: float, sample: int | None, gallery: int) -> Report:
     folder = get_datafolder(path)
     kind = detect(folder)
     report = Report(path=folder.path, kind=kind, tolerance=tolerance)

@@ -335,3 +335,12 @@ def test_pipeline_output_whose_files_disagree_with_the_summary_fails(tmp_path):
     pq.write_table(pa.table({"text": ["only one"]}), folder / "data" / "00000.parquet")
     code, out = check(folder)
     assert code == 1 and "holds 1 records, the summary says 3" in out
+
+
+def test_an_unreachable_hub_path_is_one_line_exit_2():
+    """hf:// goes through fsspec's HfFileSystem; the Hub endpoint is a closed loopback port here."""
+    result = run_command("mixtures.validate", "hf://datasets/org/mixture",
+                         env={"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_OFFLINE": "0", "HF_HUB_ETAG_TIMEOUT": "2"})
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: hf://datasets/org/mixture: cannot be read (")
+    assert "Traceback" not in result.stderr
