@@ -43,6 +43,9 @@ class RecordingHub:
         folder = Path(kwargs["folder_path"])
         self.files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
         self.card = (folder / "README.md").read_text()
+        # what huggingface_hub itself would commit from this folder (its README check calls the Hub: left out)
+        operations = HfApi()._prepare_upload_folder_additions(folder, "", ignore_patterns=["README.md"])
+        self.uploaded_sizes = {op.path_in_repo: op.upload_info.size for op in operations}
         if self.load:
             self.loaded = self.load(str(folder))
         return type("CommitInfo", (), {"commit_url": f"https://huggingface.co/datasets/{kwargs['repo_id']}/commit/1"})
@@ -82,6 +85,7 @@ def test_push_calls_the_hub_with_the_folder_that_loads(tmp_path, monkeypatch, to
     assert branch == {"repo_type": "dataset", "branch": "v1", "exist_ok": True}
     assert upload["repo_type"] == "dataset" and upload["revision"] == "v1" and upload["commit_message"] == "stage 1"
     assert hub.files == ["README.md", "data/00000.tar", "mixture.json", "summary.json"]
+    assert hub.uploaded_sizes == {name: (folder / name).stat().st_size for name in hub.files[1:]}  # links followed
     rows = hub.loaded
     assert len(rows) == 10 and set(rows.features) == {"json", "0.jpg", "1.jpg", "2.jpg"}
     last = rows[-1]
