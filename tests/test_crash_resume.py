@@ -1,0 +1,167 @@
+"""Crash-resume for every command: SIGKILL the whole run (its process group: the command and every worker) at
+three seeded random moments, resume each time with the same command, and compare the final output with an
+uninterrupted run's: every kept, removed, image and decontamination file byte for byte, and the summary and
+calibrated thresholds exactly (summary.json holds no timing field).
+
+A command is one row of `COMMANDS`: its module, how to build its flags for an input and output, and which of its
+output folders and files must come out identical. Adding the mixture or the Cauldron build is one more row.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipelines.demo import sample_path
+from tests.conftest import MODELS, REPO, sample_decontam_index
+
+KILLS = 3
+SEED = 14  # the issue's number: the kill moments are random, but the same on every run of the test
+
+
+@dataclass(frozen=True)
+class Command:
+    """A command as a user runs it, and what of its output must not depend on being killed and resumed."""
+
+    module: str
+    make_input: Callable[[Path], None]  # writes the command's input into an empty folder
+    flags: Callable[[Path, Path], list[str]]  # (input folder, output folder) -> every flag
+    folders: tuple[str, ...]  # every file in them compared byte for byte
+    files: tuple[str, ...] = ("summary.json",)  # compared byte for byte too
+
+
+def copies(source: str, suffix: str, n: int, repeat: int = 1) -> Callable[[Path], None]:
+    """`n` copies of the sample's files, parquet rows repeated `repeat` times: more and longer shards, so the
+    kills land between and inside them."""
+    def make(folder: Path) -> None:
+        for copy in range(n):
+            for path in sorted(Path(source).glob(f"*{suffix}")):
+                target = folder / f"{copy:02d}-{path.name}"
+                if repeat == 1:
+                    shutil.copyfile(path, target)
+                else:
+                    pq.write_table(pa.concat_tables([pq.read_table(path)] * repeat), target)
+    return make
+
+
+WORKERS = ["--workers", "2"]
+
+COMMANDS = {
+    # every step, the calibrated perplexity cut (a pre-pass) and two model steps with the tiny models
+    "obelics": Command("pipelines.obelics", copies(sample_path("obelics"), ".parquet", 2), lambda inp, out: [
+        "--input", str(inp), "--output", str(out), *WORKERS, "--limit", "30",
+        "--optout-list", sample_path("optout.txt"), "--images", sample_path("img2dataset"), "--ppl-model", f"{MODELS}/tiny-falcon",
+        "--nsfw-backend", "classifier", "--nsfw-model", f"{MODELS}/tiny-nsfw-vit",
+        "--decontam-index", sample_decontam_index()],
+        folders=("data", "removed", "images", "decontam"),
+        files=("summary.json", "thresholds.json", "decontam_report.json")),
+    # the paper's 7% NSFW cut (calibrated on punsafe), decoded sizes, and the fastText language model step
+    "laion_coco": Command("pipelines.laion_coco", copies(sample_path("laion_coco"), ".parquet", 3, repeat=10), lambda inp, out: [
+        "--input", str(inp), "--output", str(out), *WORKERS, "--optout-list", sample_path("optout.txt"),
+        "--images", sample_path("img2dataset"), "--nsfw-drop-top", "0.07",
+        "--steps", "optout,images,min_size,nsfw,decontam,language",
+        "--lang-model", f"{MODELS}/tiny-lid/model.bin", "--decontam-index", sample_decontam_index()],
+        folders=("data", "removed", "decontam"), files=("summary.json", "thresholds.json", "decontam_report.json")),
+    # rendering, text, the language model step and decontamination
+    "pdfa": Command("pipelines.pdfa", copies(sample_path("pdfa"), ".tar", 5), lambda inp, out: [
+        "--input", str(inp), "--output", str(out), *WORKERS, "--steps", "pages,min_text,language,decontam",
+        "--lang-model", f"{MODELS}/tiny-lid/model.bin", "--decontam-index", sample_decontam_index()],
+        folders=("data", "removed", "decontam"), files=("summary.json", "decontam_report.json")),
+}
+
+
+def start(command: Command, output: Path) -> subprocess.Popen:
+    inputs = output.parent / "input"
+    return subprocess.Popen([sys.executable, "-m", command.module, *command.flags(inputs, output)], cwd=REPO,
+                            env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def uninterrupted(command: Command, output: Path) -> float:
+    """Run to the end; return the mean time between two shards finishing (the pace kills are placed at)."""
+    process, finished = start(command, output), []
+    while process.poll() is None:
+        if shards_done(output) > len(finished):
+            finished.append(time.monotonic())
+        time.sleep(0.005)
+    assert process.returncode == 0, process.stderr.read()[-3000:]
+    process.stderr.close()
+    return (finished[-1] - finished[0]) / max(len(finished) - 1, 1) if finished else 0.5
+
+
+def killed_and_resumed(command: Command, output: Path, shards: int, pace: float, rng: random.Random) -> list:
+    """Kill the run KILLS times, then let it finish. Kill i comes once the output holds at least c_i finished
+    shards (c_1 < c_2 < c_3 drawn from 0..shards-3: during the calibration pass or the first shards, and between
+    later ones) plus a random delay of up to half the uninterrupted run's time between two shards, so kills land
+    both between and inside shards. Returns the kill moments: (seconds after that start, shards done then).
+    A file written by the run itself starts the count (not the previous run's), so no kill lands in Python's
+    start-up."""
+    targets = sorted(rng.sample(range(shards - 2), KILLS))
+    moments = []
+    for target in targets:
+        delay = rng.uniform(0, pace / 2)
+        process = start(command, output)
+        began, started_at, reached = time.monotonic(), time.time(), None
+        while process.poll() is None:  # the target counts only once this run has written something
+            if reached is None and shards_done(output) >= target and touched_since(output, started_at):
+                reached = time.monotonic()
+            if reached is not None and time.monotonic() - reached >= delay:
+                break
+            time.sleep(0.005)
+        assert process.poll() is None, f"the run finished before its kill ({target} shards done + {delay:.2f} s)"
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        process.stderr.close()
+        moments.append((round(time.monotonic() - began, 2), shards_done(output)))
+    final = start(command, output)
+    _, stderr = final.communicate(timeout=600)
+    assert final.returncode == 0, stderr[-3000:]
+    return moments
+
+
+def shards_done(output: Path) -> int:
+    completions = output / "logs" / "completions"
+    return len(list(completions.iterdir())) if completions.is_dir() else 0
+
+
+def touched_since(folder: Path, moment: float) -> bool:
+    return any(p.stat().st_mtime > moment for p in folder.rglob("*") if p.is_file())
+
+
+def files_under(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_killed_three_times_then_resumed_equals_an_uninterrupted_run(tmp_path, name):
+    command = COMMANDS[name]
+    clean, killed = tmp_path / "clean", tmp_path / "killed"
+    (tmp_path / "input").mkdir()
+    command.make_input(tmp_path / "input")
+    pace = uninterrupted(command, clean)
+    shards = shards_done(clean)
+    moments = killed_and_resumed(command, killed, shards, pace, random.Random(f"{SEED}-{name}"))
+    print(f"{name}: {shards} shards, one every {pace:.2f} s; killed at (s, shards done) {moments}")
+    for folder in command.folders:
+        expected = files_under(clean / folder)
+        assert expected, f"{folder}/ is empty: the comparison would prove nothing"
+        got = files_under(killed / folder)
+        assert sorted(got) == sorted(expected), f"{folder}/ after kills at {moments} s"
+        different = [n for n in expected if got[n] != expected[n]]
+        assert not different, f"{folder}/ differs after kills at {moments} s: {different}"
+    for file in command.files:
+        assert (killed / file).read_bytes() == (clean / file).read_bytes(), f"{file} after kills at {moments} s"
+    leftovers = [str(p) for folder in command.folders for p in (killed / folder).rglob("*.tmp")]
+    assert not leftovers
