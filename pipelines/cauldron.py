@@ -132,8 +132,8 @@ def run(args: argparse.Namespace) -> int:
                 "steps": ["format", "decontam", "write", "sft"], "limit": None,
                 "options": {**output_options(options, ""), "--from-published": options.from_published,
                             "--shuffle-turns": options.shuffle_turns}}
-    check_and_write(output, manifest, range(len(names)))
     index = resolve_index(options.decontam_index, args.output)
+    check_and_write(output, manifest, range(len(names)))
     settings = SubsetSettings(os.path.abspath(args.output), names, normalise_path(options.source), options.from_published,
                               options.max_rows, index, options.tokenizer, options.shuffle_turns)
     logging_dir = args.logging_dir or os.path.join(args.output, "logs")

@@ -10,6 +10,7 @@ import pytest
 
 from cauldron.build import published_features
 from cauldron.registry import renormalised_shares
+from pipelines import cauldron as cauldron_cli
 from pipelines.demo import sample_path
 from tests.conftest import run_command, sample_decontam_index
 
@@ -114,8 +115,10 @@ def test_a_resume_with_other_options_is_refused_in_one_line(built):
 
 
 def test_max_rows_caps_each_subset_and_reports_the_rest(tmp_path):
-    result = build(tmp_path / "out", "--subsets", "vqav2,lima", "--max-rows", "1")
-    assert result.returncode == 0, result.stderr
+    args = ["--source", sample_path("cauldron", "sources"), "--output", str(tmp_path / "out"), "--decontam-index",
+            sample_decontam_index(), "--tokenizer", TOKENIZER, "--subsets", "vqav2,lima", "--max-rows", "1",
+            "--workers", "1"]
+    assert cauldron_cli.main(args) == 0  # in this process: the executor's one-worker path
     assert pq.read_metadata(tmp_path / "out" / "vqav2" / "train-00000-of-00001.parquet").num_rows == 1
     reasons = [r["reason"] for r in pq.read_table(tmp_path / "out" / "removed" / "lima.parquet").to_pylist()]
     assert reasons == ["over_max_rows", "over_max_rows"]
@@ -138,13 +141,14 @@ def test_from_published_reads_the_published_schema(tmp_path):
     (["--decontam-index", "/tmp"], "--decontam-index /tmp: not a decontamination index"),
     (["--tokenizer", "/nonexistent/tokenizer"], "--tokenizer /nonexistent/tokenizer: cannot be loaded"),
 ])
-def test_bad_flags_give_one_line(tmp_path, flags, message):
+def test_bad_flags_give_one_line(tmp_path, capsys, flags, message):
     args = ["--source", sample_path("cauldron", "sources"), "--output", str(tmp_path / "out"), "--subsets", "ai2d",
             "--decontam-index", sample_decontam_index(), "--tokenizer", TOKENIZER]
-    result = run_command("pipelines.cauldron", *args, *flags)
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [f"error: {result.stderr.strip().removeprefix('error: ')}"]
-    assert message in result.stderr
+    capsys.readouterr()  # the shared index's build messages
+    assert cauldron_cli.main([*args, *flags]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and error.startswith("error: ") and message in error
+    assert not (tmp_path / "out" / "manifest.json").exists()  # refused before anything is written
 
 
 def test_a_named_subset_missing_from_the_source_is_refused(tmp_path):
