@@ -67,6 +67,7 @@ class SourceStats:
     over_image_cap: int = 0  # images whose longest side exceeds the source's image_max_side
     over_max_tokens: int = 0  # samples whose tokens.total exceeds max_tokens
     bad_image_tokens: int = 0  # samples whose tokens.image != images x image_tokens
+    bad_total: int = 0  # samples whose tokens.total != tokens.text + tokens.image
     size_mismatch: int = 0  # images whose header size differs from the recorded image_sizes
     bad_images: int = 0  # images whose header cannot be read
     share: float | None = None  # actual share, 0..1, filled by `finish`
@@ -79,6 +80,7 @@ class SourceStats:
 LIMITS = {"over_image_cap": "images over the image size cap",
           "over_max_tokens": "samples over the token maximum (or without a total)",
           "bad_image_tokens": "samples whose image tokens are not images x image_tokens",
+          "bad_total": "samples whose total tokens are not text + image tokens",
           "size_mismatch": "images whose size is not the recorded image_sizes",
           "bad_images": "images whose header cannot be read"}
 
@@ -188,6 +190,8 @@ def _check_tokens(stats: SourceStats, sample: Sample, target, image_tokens: int)
     stats.max_tokens_seen = max(stats.max_tokens_seen, total or 0)
     if image != len(sample.images) * image_tokens:
         stats.bad_image_tokens += 1
+    if text is None or image is None or total != text + image:
+        stats.bad_total += 1
     if total is None or (target is not None and target.max_tokens and total > target.max_tokens):
         stats.over_max_tokens += 1
 

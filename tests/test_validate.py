@@ -134,11 +134,13 @@ def test_tolerance_is_in_percentage_points(tmp_path):
 def test_token_limits_and_recorded_image_tokens(tmp_path):
     long = make_sample("obelics-long", "obelics", text_tokens=5000)
     wrong = make_sample("pairs-wrong", "pairs", image_tokens=10)
-    folder = write_mixture(tmp_path / "m", {"obelics": 69, "pairs": 29}, extra_samples=[long, wrong])
+    miscounted = make_sample("pairs-total", "pairs", total=3)
+    folder = write_mixture(tmp_path / "m", {"obelics": 69, "pairs": 29}, extra_samples=[long, wrong, miscounted])
     code, out = check(folder)
     assert code == 1
     assert "obelics: 1 samples over the token maximum" in out
     assert "pairs: 1 samples whose image tokens are not images x 64" in out
+    assert "pairs: 1 samples whose total tokens are not text + image tokens" in out
 
 
 def test_image_sizes_are_read_from_the_header_and_compared_with_the_record(tmp_path):
