@@ -12,8 +12,11 @@ from collections.abc import Iterator
 
 import pyarrow.parquet as pq
 
+from datatrove.io import get_datafolder
+
 from cauldron.registry import PUBLISHED_HUB_ID, Entry
 from filters.errors import UsageError
+from pipelines.sources import check_files, footer_problem
 
 BATCH_ROWS = 64  # rows read at once: source images can be several MB each
 
@@ -43,6 +46,7 @@ def check_source(source: str | None, from_published: bool, entries: list[Entry],
         if not present:
             raise UsageError(f"--source {source}: holds none of the selected subsets (files <name>.parquet or "
                              f"<name>/*.parquet)")
+        check_footers(source, present, from_published)
         return present
     if not from_published:
         unsourced = [e.name for e in entries if not e.hub_id]
@@ -50,6 +54,20 @@ def check_source(source: str | None, from_published: bool, entries: list[Entry],
             raise UsageError(f"subset {unsourced[0]}: no verified Hub source in the registry; rebuild it from "
                              f"--source DIR, or use --from-published ({len(unsourced)} such subsets selected)")
     return entries
+
+
+def check_footers(source: str, entries: list[Entry], from_published: bool) -> None:
+    """Before any work, every file's footer: a file that is not parquet, or lacks a column its entry maps (the
+    published schema's `images` and `texts` with --from-published), stops the run with one line naming it."""
+    owner = {os.path.relpath(path, source): e for e in entries for path in local_files(source, e.name)}
+
+    def judge(entry: Entry):
+        wanted = ("images", "texts") if from_published else tuple(entry.fields.values())
+        return lambda schema: (f"no column {missing[0]!r} (subset {entry.name})"
+                               if (missing := [c for c in wanted if c not in schema.names]) else None)
+
+    check_files(get_datafolder(source), sorted(owner),
+                lambda folder, path: footer_problem(folder, path, judge(owner[path])))
 
 
 def _local_rows(files: list[str]) -> Iterator[dict]:

@@ -160,3 +160,19 @@ def test_the_sample_rebuilds_byte_for_byte(tmp_path):
     result = run_command("scripts.make_cauldron_sample", "--output", str(tmp_path))
     assert result.returncode == 0, result.stderr
     assert _files(tmp_path) == _files(Path(sample_path("cauldron")))
+
+
+def test_a_torn_or_foreign_source_file_stops_the_run_in_one_line(tmp_path, capsys):
+    source = tmp_path / "sources"
+    source.mkdir()
+    shipped = Path(sample_path("cauldron", "sources"))
+    (source / "ai2d.parquet").write_bytes((shipped / "ai2d.parquet").read_bytes()[:-100])  # torn: no footer
+    (source / "chartqa.parquet").write_bytes((shipped / "vqav2.parquet").read_bytes())  # another schema
+    args = ["--source", str(source), "--output", str(tmp_path / "out"), "--decontam-index", sample_decontam_index(),
+            "--tokenizer", TOKENIZER]
+    capsys.readouterr()
+    assert cauldron_cli.main([*args, "--subsets", "ai2d"]) == 2
+    assert capsys.readouterr().err.strip() == \
+        f"error: {source}/ai2d.parquet: not a readable parquet file (ArrowInvalid)"
+    assert cauldron_cli.main([*args, "--subsets", "chartqa"]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {source}/chartqa.parquet: no column 'query' (subset chartqa)"
