@@ -26,7 +26,7 @@ from mixtures.lengths import Part, fit
 from mixtures.shard_writer import SampleTar
 from mixtures.sources import UnitSource
 from mixtures.spec import StageSpec
-from mixtures.tokens import load_tokenizer, text_tokens
+from mixtures.tokens import TokenCounter
 from pipelines.shards import TempFile
 
 GIVE_UP_AFTER = 1000  # unusable units in a row after which a shard stops reading a source (it holds none usable)
@@ -45,6 +45,7 @@ class Plan:
     seed: int
     tokenizer: str
     output: str
+    counter: TokenCounter | None = None  # set by the command: the tokenizer, loaded once
 
     @property
     def samples(self) -> int:
@@ -71,12 +72,11 @@ class MixtureShardBuilder(PipelineStep):
 
     def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         plan = self.plan
-        tokenizer = load_tokenizer(plan.tokenizer)
         counts = plan.allocation.shard_counts(rank, plan.samples_per_shard)
         accounts = [Counter() for _ in plan.sources]
         planned: list[Planned] = []
         for index, (source, quota) in enumerate(zip(plan.sources, counts)):
-            planned += self._draw(index, source, quota, rank, tokenizer, accounts[index])
+            planned += self._draw(index, source, quota, rank, accounts[index])
         rng(plan.seed, "shard-order", rank).shuffle(planned)
         folder = get_datafolder(plan.output)
         tar = SampleTar(folder, f"data/{shard_name(rank)}.tar")
@@ -97,10 +97,10 @@ class MixtureShardBuilder(PipelineStep):
 
     # -- drawing ------------------------------------------------------------------------------------------------
 
-    def _draw(self, index: int, source: UnitSource, quota: int, rank: int, tokenizer, account: Counter) -> list:
+    def _draw(self, index: int, source: UnitSource, quota: int, rank: int, account: Counter) -> list:
         spec = self.plan.spec.sources[index]
         order = UnitOrder(source.units, self.plan.seed, spec.name)
-        count = lambda texts: text_tokens(tokenizer, texts)  # noqa: E731
+        count = self.plan.counter
         out: list[Planned] = []
         read = unusable = 0
         while len(out) < quota and unusable < GIVE_UP_AFTER:

@@ -26,7 +26,7 @@ from mixtures.draw import Allocation, UnitOrder, apportion, distinct_units
 from mixtures.layout import MixtureInfo, SourceTarget, write_info
 from mixtures.sources import open_source
 from mixtures.spec import StageSpec, load_spec
-from mixtures.tokens import DEFAULT_TOKENIZER, load_tokenizer
+from mixtures.tokens import DEFAULT_TOKENIZER, TokenCounter
 from pipelines.executors import ExecutorOptions, run_executor, shard_outcomes
 from pipelines.manifest import MANIFEST_FILE, read_json, write_json
 from pipelines.options import UsageError, at_least, normalise_path
@@ -111,7 +111,7 @@ def manifest(plan: Plan) -> dict:
 def check_and_write_manifest(plan: Plan) -> None:
     """One output, one configuration: a resume with any other setting or input is refused in one line."""
     output = get_datafolder(plan.output)
-    previous, current = read_json(output, MANIFEST_FILE), manifest(plan)
+    previous, current = read_json(output, MANIFEST_FILE), json.loads(json.dumps(manifest(plan)))
     if previous:
         for key in current:
             if previous.get(key) != current[key]:
@@ -200,7 +200,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--output {args.output}: is a file, not a folder")
     plan = plan_from_args(args)
     try:
-        load_tokenizer(plan.tokenizer)  # fail here, in one line, not in every task
+        plan.counter = TokenCounter(plan.tokenizer)  # fail here, in one line, not in every task
     except (OSError, ValueError) as error:
         raise UsageError(f"--tokenizer {plan.tokenizer}: cannot be loaded ({str(error).splitlines()[0]})") from None
     check_and_write_manifest(plan)
