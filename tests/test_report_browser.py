@@ -1,9 +1,10 @@
 """The HTML report of `mixtures.validate` opened in a real headless Chromium: it renders (the screenshot is not
-blank) and the page's text holds the shares table. Skipped only where no Chromium is installed (CI installs the
-Debian package)."""
+blank) and the page's text holds the shares table. Skipped only where no Chromium is installed; CI installs the
+Debian package and sets IDEFICS2_REQUIRE_CHROMIUM=1, so a missing browser fails there instead."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 
@@ -14,7 +15,8 @@ from tests.conftest import run_command
 from tests.test_validate import make_sample, write_mixture
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium or chromium-browser on PATH")
+REQUIRED = os.environ.get("IDEFICS2_REQUIRE_CHROMIUM") == "1"
+pytestmark = pytest.mark.skipif(CHROMIUM is None and not REQUIRED, reason="no chromium or chromium-browser on PATH")
 
 
 def chromium(*args: str, cwd) -> subprocess.CompletedProcess:
@@ -25,6 +27,7 @@ def chromium(*args: str, cwd) -> subprocess.CompletedProcess:
 
 
 def test_report_renders_in_headless_chromium(tmp_path):
+    assert CHROMIUM, "IDEFICS2_REQUIRE_CHROMIUM=1 but no chromium or chromium-browser on PATH"
     folder = write_mixture(tmp_path / "m", {"obelics": 66, "pairs": 33},
                            extra_samples=[make_sample("pairs-big", "pairs", size=(500, 300), text="<b>not bold</b>")])
     page = tmp_path / "report.html"
