@@ -80,10 +80,14 @@ def _local_rows(files: list[str]) -> Iterator[dict]:
             raise OSError(f"{path}: not a readable parquet file ({error})") from None
 
 
-def _hub_rows(hub_id: str, config: str | None, split: str) -> Iterator[dict]:
+def _hub_rows(hub_id: str, config: str | None, split: str, columns: tuple[str, ...]) -> Iterator[dict]:
     from datasets import Image, List, load_dataset
 
     rows = load_dataset(hub_id, config or None, split=split, streaming=True)
+    missing = [c for c in columns if rows.features is not None and c not in rows.features]
+    if missing:  # a source whose schema moved: one line, not every row unreadable
+        raise OSError(f"{hub_id}:{config or ''}:{split} has no column {missing[0]!r} (columns: "
+                      f"{', '.join(rows.features)}); fix its fields in cauldron/registry.toml")
     for column, feature in (rows.features or {}).items():  # keep images as bytes: a bad one is one row's problem
         if isinstance(feature, Image):
             rows = rows.cast_column(column, Image(decode=False))
@@ -97,8 +101,8 @@ def rows(entry: Entry, source: str | None, from_published: bool) -> Iterator[dic
     if is_local(source):
         return _local_rows(local_files(source, entry.name))
     if from_published:
-        return _hub_rows(source or PUBLISHED_HUB_ID, entry.name, "train")
-    return _hub_rows(entry.hub_id, entry.config, entry.split)
+        return _hub_rows(source or PUBLISHED_HUB_ID, entry.name, "train", ("images", "texts"))
+    return _hub_rows(entry.hub_id, entry.config, entry.split, tuple(entry.fields.values()))
 
 
 def describe(entry: Entry, source: str | None, from_published: bool) -> str:
