@@ -92,7 +92,7 @@ def items(entry: Entry, source: str | None, from_published: bool) -> Iterator[It
             yield number, f"unreadable: {error}"
 
 
-def _match(index: DecontaminationIndex | None, item: Item, keys: list[str]) -> str | None:
+def _match(index: DecontaminationIndex | None, item: Item) -> str | None:
     if index is None:
         return None
     for matches in index.match_image_bytes(item.images):
@@ -119,7 +119,7 @@ def plan(entry: Entry, source, from_published: bool, index, max_rows: int) -> Pl
         except UNDECODABLE as error:
             result.removed.append((item.row, "unreadable", f"image does not decode ({type(error).__name__})"))
             continue
-        if match := _match(index, item, keys):
+        if match := _match(index, item):
             result.removed.append((item.row, "eval_match", match))
             continue
         key = tuple(keys) if keys else ("row", item.row)  # text-only rows are never merged

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 from collections.abc import Iterator
 
 import pyarrow.parquet as pq
@@ -25,6 +26,11 @@ def is_local(source: str | None) -> bool:
     return source is not None and "://" not in source and os.path.isdir(source)
 
 
+def is_hub_id(source: str) -> bool:
+    """`org/name` (the published Cauldron or a copy of it), not a path."""
+    return re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", source) is not None and not os.path.exists(source)
+
+
 def local_files(source: str, name: str) -> list[str]:
     single = os.path.join(source, f"{name}.parquet")
     if os.path.isfile(single):
@@ -35,8 +41,10 @@ def local_files(source: str, name: str) -> list[str]:
 def check_source(source: str | None, from_published: bool, entries: list[Entry], explicit: bool) -> list[Entry]:
     """The entries this run can read, checked before any work. A local folder without a subset is refused when
     the subset was named, and left out (the caller reports it) under `--subsets all`."""
-    if source is not None and "://" not in source and not os.path.exists(source) and "/" in source:
-        raise UsageError(f"--source {source}: no such folder")
+    if source is not None and not is_local(source) and not (from_published and is_hub_id(source)):
+        raise UsageError(f"--source {source}: no such folder" + ("" if from_published else
+                         " (without --from-published, --source is a local folder; the Hub sources are the "
+                         "registry's, used when --source is left out)"))
     if is_local(source):
         present = [e for e in entries if local_files(source, e.name)]
         missing = [e.name for e in entries if e not in present]

@@ -94,7 +94,12 @@ def resolve_index(value: str | None, output: str) -> str | None:
     if value == "none":
         return None
     if value is None:
-        return default_index(os.path.join(output, "cache"))
+        try:
+            return default_index(os.path.join(output, "cache"))
+        except Exception as error:  # noqa: BLE001 - network, credentials, a moved set: all the user's to see
+            raise UsageError(f"--decontam-index: the default index (MMBench, MathVista and MMMU images from the Hub) "
+                             f"cannot be built ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+                             f"); give --decontam-index INDEX, or 'none' to skip") from None
     if not os.path.isfile(os.path.join(value, "index.json")):
         raise UsageError(f"--decontam-index {value}: not a decontamination index (no index.json); build one with "
                          f"python -m filters.decontam build")

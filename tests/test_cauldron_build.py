@@ -176,3 +176,13 @@ def test_a_torn_or_foreign_source_file_stops_the_run_in_one_line(tmp_path, capsy
         f"error: {source}/ai2d.parquet: not a readable parquet file (ArrowInvalid)"
     assert cauldron_cli.main([*args, "--subsets", "chartqa"]) == 2
     assert capsys.readouterr().err.strip() == f"error: {source}/chartqa.parquet: no column 'query' (subset chartqa)"
+
+
+def test_without_an_index_the_default_one_needs_the_hub_and_says_so_offline(tmp_path):
+    offline = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}  # no traffic leaves the machine
+    result = run_command("pipelines.cauldron", "--source", sample_path("cauldron", "published"), "--from-published",
+                         "--output", str(tmp_path / "out"), "--tokenizer", TOKENIZER, "--subsets", "ai2d", env=offline)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("error: --decontam-index: the default index (MMBench, "
+                                                             "MathVista and MMMU images from the Hub) cannot be built")
+    assert "Traceback" not in result.stderr

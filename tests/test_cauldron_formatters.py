@@ -122,3 +122,16 @@ def test_evaluation_prompts_of_appendix_a31():
     assert eval_prompts.truncate_at_stop_words("a cat<end_of_utterance>\nUser: more") == "a cat"
     assert eval_prompts.parse_choice("Answer: C<end_of_utterance>", 4) == "C"
     assert eval_prompts.parse_choice("Answer: E", 4) is None
+
+
+def test_sources_are_a_local_folder_or_with_from_published_a_hub_id(tmp_path):
+    from cauldron.sources import check_source
+    from filters.errors import UsageError
+
+    chosen = [registry.entries()["ai2d"], registry.entries()["chartqa"]]
+    assert check_source("HuggingFaceM4/the_cauldron", True, chosen, True) == chosen  # read from the Hub later
+    with pytest.raises(UsageError, match="no such folder"):
+        check_source("HuggingFaceM4/the_cauldron", False, chosen, True)
+    with pytest.raises(UsageError, match="no verified Hub source"):
+        check_source(None, False, [registry.entries()["vqav2"]], True)
+    assert check_source(None, False, [registry.entries()["chartqa"]], True)  # the registry's verified id
