@@ -174,7 +174,7 @@ def _check_images(stats: SourceStats, sample: Sample, cap: int | None) -> None:
         stats.max_side_seen = max(stats.max_side_seen, max(size))
         if cap and max(size) > cap:
             stats.over_image_cap += 1
-        if i >= len(recorded) or list(recorded[i]) != list(size):
+        if (recorded[i] if i < len(recorded) else None) != list(size):  # any hostile value compares unequal
             stats.size_mismatch += 1
 
 
@@ -203,10 +203,10 @@ def _add_pretrain_sample(report: Report, info: MixtureInfo, sample: Sample, gall
     stats.samples += 1
     stats.images += len(sample.images)
     stats.max_images = max(stats.max_images, len(sample.images))
-    before = {name: getattr(stats, name) for name in LIMITS}
+    before = {limit: getattr(stats, limit) for limit in LIMITS}
     _check_images(stats, sample, target.image_max_side if target else None)
     _check_tokens(stats, sample, target, info.image_tokens)
-    broken = [what for name, what in LIMITS.items() if getattr(stats, name) != before[name]]
+    broken = [what for limit, what in LIMITS.items() if getattr(stats, limit) != before[limit]]
     if len(stats.gallery) < gallery or (broken and len(stats.flagged) < gallery):
         images = iter(sample.images)
         shown = [("text", _gallery_text(t)) if t is not None else ("image", thumbnail_uri(next(images)))

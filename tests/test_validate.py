@@ -146,8 +146,12 @@ def test_token_limits_and_recorded_image_tokens(tmp_path):
 def test_image_sizes_are_read_from_the_header_and_compared_with_the_record(tmp_path):
     lying = make_sample("pairs-lie", "pairs", size=(48, 32))
     lying.image_sizes = [[20, 20]]
-    code, out = check(write_mixture(tmp_path / "m", {"obelics": 70, "pairs": 29}, extra_samples=[lying]))
-    assert code == 1 and "pairs: 1 images whose size is not the recorded image_sizes" in out
+    hostile = make_sample("pairs-hostile", "pairs", size=(48, 32))
+    hostile.image_sizes = [7]  # not a [width, height] pair: counted, the rest of the shard still read
+    folder = write_mixture(tmp_path / "m", {"obelics": 70, "pairs": 28}, extra_samples=[lying, hostile], shards=1)
+    code, out = check(folder)
+    assert code == 1 and "pairs: 2 images whose size is not the recorded image_sizes" in out
+    assert "unreadable" not in out
 
 
 def test_duplicate_keys_unreadable_samples_and_a_truncated_tar_are_counted(tmp_path):
