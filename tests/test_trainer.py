@@ -231,17 +231,17 @@ def test_loss_on_a_fixed_batch_falls_by_half(tmp_path):
 
 
 def test_resume_matches_the_uninterrupted_run_exactly(tmp_path):
-    """Stopped at step 4 and rerun: every later loss equals the uninterrupted run's (CPU, exact floats), data
+    """Stopped at step 3 and rerun: every later loss equals the uninterrupted run's (CPU, exact floats), data
     position, optimizer, schedule and RNG (NEFTune noise in SFT) restored; DataLoader workers on."""
     data = write_sft(tmp_path / "sft", rows=30)
-    common = ["--data", str(data), "--stage", "sft", "--model", "tiny", "--steps", "9", "--batch-size", "3",
+    common = ["--data", str(data), "--stage", "sft", "--model", "tiny", "--steps", "6", "--batch-size", "3",
               "--length-buffer", "9", "--workers", "2", "--checkpoint-every", "2", "--grad-accum", "2"]
     train(*common, "--output", str(tmp_path / "straight"))
-    train(*common, "--output", str(tmp_path / "stopped"), "--stop-after", "5")
-    assert len(metrics(tmp_path / "stopped")) == 5
+    train(*common, "--output", str(tmp_path / "stopped"), "--stop-after", "3")
+    assert len(metrics(tmp_path / "stopped")) == 3
     train(*common, "--output", str(tmp_path / "stopped"))
     straight, resumed = metrics(tmp_path / "straight"), metrics(tmp_path / "stopped")
-    assert [r["step"] for r in resumed] == list(range(1, 10))
+    assert [r["step"] for r in resumed] == list(range(1, 7))
     assert [(r["loss"], r["lr"]) for r in resumed] == [(r["loss"], r["lr"]) for r in straight]
     changed = run_command("trainer.train", *common, "--output", str(tmp_path / "stopped"), "--seed", "1")
     assert changed.returncode == 2 and "seed" in changed.stderr and "Traceback" not in changed.stderr
@@ -272,3 +272,52 @@ def test_every_format_loads_and_trains(tmp_path):
     assert wrong.returncode == 2 and "--stage pretrain" in wrong.stderr and "Traceback" not in wrong.stderr
     missing = run_command("trainer.train", "--data", str(tmp_path / "nope"), *common, "--output", str(tmp_path / "m"))
     assert missing.returncode == 2 and "nope" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_ddp_two_ranks_on_cpu(tmp_path):
+    """torchrun with 2 CPU ranks (gloo): each rank reads its own file (disjointness is checked on the stream
+    above), the checkpoint holds both ranks' data positions."""
+    data = write_pretrain(tmp_path / "mix", samples=16, shards=2)
+    result = run_command("torch.distributed.run", "--nproc_per_node", "2", "-m", "trainer.train", "--data", str(data),
+                         "--steps", "3", "--batch-size", "2", "--length-buffer", "4", "--workers", "0",
+                         "--output", str(tmp_path / "run"), timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [r["step"] for r in metrics(tmp_path / "run")] == [1, 2, 3]
+    state = torch.load(tmp_path / "run" / "checkpoints" / "step_0000003.pt", weights_only=False)
+    assert len(state["ranks"]) == 2 and all(r["data"]["batch"] == 3 for r in state["ranks"])  # batches 0-2 trained
+
+
+def test_adapters_on_pretrained_backbones(tmp_path):
+    """A model JSON naming local SigLIP and Mistral backbones: their weights load into Idefics2, DoRA adapts them,
+    the connector and the new tokens' embedding rows train fully, the backbones' own weights stay frozen."""
+    from transformers import MistralConfig, MistralForCausalLM, SiglipVisionConfig, SiglipVisionModel
+
+    torch.manual_seed(0)
+    SiglipVisionModel(SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                         num_attention_heads=2, image_size=56, patch_size=14)).save_pretrained(
+        tmp_path / "vision")
+    MistralForCausalLM(MistralConfig(vocab_size=2048, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                                     num_attention_heads=4, num_key_value_heads=2)).save_pretrained(tmp_path / "text")
+    config = {**{k: v for k, v in tiny_model().__dict__.items()}, "name": "backbones",
+              "vision": str(tmp_path / "vision"), "text": str(tmp_path / "text")}
+    (tmp_path / "model.json").write_text(json.dumps(config))
+    data = write_sft(tmp_path / "sft", rows=6)
+    train("--data", str(data), "--stage", "sft", "--model", str(tmp_path / "model.json"), "--steps", "2",
+          "--batch-size", "3", "--length-buffer", "6", "--workers", "0", "--output", str(tmp_path / "run"))
+    names = set(torch.load(tmp_path / "run" / "checkpoints" / "step_0000002.pt", weights_only=False)["model"])
+    assert any("lora_A" in n and "vision_model" in n for n in names)
+    assert any("lora_magnitude_vector" in n and "text_model" in n for n in names)  # DoRA
+    assert any(".connector." in n for n in names) and any("trainable_tokens" in n for n in names)
+    frozen = [n for n in names if ".connector." not in n and ("base_layer" in n or n.endswith("q_proj.weight"))]
+    assert not frozen, frozen[:3]
+    # the backbones' weights are loaded, not left at random initialisation
+    from trainer.config import load_model_config
+    from trainer.model import build_model
+
+    cfg = load_model_config(str(tmp_path / "model.json"))
+    model = build_model(cfg, build_processor(cfg), torch.float32)
+    siglip = SiglipVisionModel.from_pretrained(tmp_path / "vision").state_dict()
+    mistral = MistralForCausalLM.from_pretrained(tmp_path / "text").state_dict()
+    assert torch.equal(model.model.vision_model.encoder.layers[0].self_attn.q_proj.weight,
+                       siglip["encoder.layers.0.self_attn.q_proj.weight"])
+    assert torch.equal(model.model.text_model.layers[0].mlp.up_proj.weight, mistral["model.layers.0.mlp.up_proj.weight"])

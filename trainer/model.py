@@ -73,7 +73,8 @@ def _text_config(cfg: ModelConfig, vocab: int) -> MistralConfig:
 def _load_siglip(model: Idefics2ForConditionalGeneration, name: str) -> None:
     """SigLIP's vision transformer into Idefics2's: the same layers under the same names, minus SigLIP's pooling
     head (Idefics2 pools with its resampler instead)."""
-    siglip = SiglipVisionModel.from_pretrained(name, dtype=model.dtype).vision_model.state_dict()
+    siglip = SiglipVisionModel.from_pretrained(name, dtype=model.dtype).state_dict()
+    siglip = {k.removeprefix("vision_model."): v for k, v in siglip.items()}  # the prefix of older versions
     siglip = {k: v for k, v in siglip.items() if not k.startswith("head.")}
     missing, unexpected = model.model.vision_model.load_state_dict(siglip, strict=False)
     if missing or unexpected:

@@ -184,7 +184,8 @@ def train(train_cfg: TrainConfig, model_cfg: ModelConfig) -> int:
 
     rank, world, device = setup_distributed()
     output = Path(train_cfg.output)
-    check_run_folder(output, {"train": train_cfg.identity(), "model": asdict(model_cfg)}, rank)
+    identity = {**train_cfg.identity(), **{f"model.{k}": v for k, v in asdict(model_cfg).items()}}
+    check_run_folder(output, identity, rank)
     files = find_files(train_cfg.data)
     wrong = [f.path for f in files if f.kind != train_cfg.stage]
     if wrong:
@@ -236,7 +237,8 @@ def train(train_cfg: TrainConfig, model_cfg: ModelConfig) -> int:
     loader = torch.utils.data.DataLoader(
         BatchStream(spec, renderer, position), batch_size=None, num_workers=train_cfg.workers,
         prefetch_factor=train_cfg.prefetch if train_cfg.workers else None, pin_memory=device.type == "cuda",
-        collate_fn=lambda batch: batch, persistent_workers=False)
+        collate_fn=lambda batch: batch, generator=torch.Generator().manual_seed(train_cfg.seed))
+    # (its own generator: drawing worker seeds from the global one would shift the restored RNG on resume)
     batches = iter(loader)
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
