@@ -8,7 +8,8 @@ Tars are read as a stream (`tarfile` mode `r|`): one member in memory at a time,
 file written to disk. Every archive may be hostile: a member whose name is absolute or climbs out (`..`), a link
 or a device, and a member larger than `max_member_bytes` is never read; the sample it belongs to becomes a
 Document flagged `unreadable` (cause `unsafe_member` or `member_too_large`), which `UnreadableFilter` removes and
-records, so it is counted in the summary rather than dropped. What a sample means (one Document or one per PDF
+records, so it is counted in the summary rather than dropped; so does a key that comes back later in the tar or
+a field repeated within a sample. What a sample means (one Document or one per PDF
 page) is the `SampleFormat`'s business.
 """
 
@@ -59,8 +60,12 @@ class Sample:
 
 
 def iter_samples(stream: Any, wanted: Callable[[str], bool], max_member_bytes: int) -> Iterator[Sample]:
-    """Samples in tar order, grouping consecutive members by key. Fields `wanted` rejects are not read."""
+    """Samples in tar order, grouping consecutive members by key. Fields `wanted` rejects are not read. A key seen
+    earlier in the tar (`duplicate_key`) or a field repeated within a sample (`duplicate_member`, which
+    webdataset's own reader refuses too) makes the sample unusable: written back, its outputs would overwrite or
+    shadow another sample's, and one of the two would be lost without a record."""
     current: Sample | None = None
+    seen: set[str] = set()  # keys of this tar: a few thousand per PDFA or IDL shard
     with tarfile.open(fileobj=stream, mode="r|") as tar:
         for member in tar:
             if member.isdir():
@@ -78,8 +83,12 @@ def iter_samples(stream: Any, wanted: Callable[[str], bool], max_member_bytes: i
             if current is None or current.key != key:
                 if current:
                     yield current
-                current = Sample(key)
+                current = Sample(key, problem="duplicate_key" if key in seen else None)
+                seen.add(key)
             if not wanted(name) or current.problem:
+                continue
+            if name in current.fields:
+                current.problem, current.fields = "duplicate_member", {}
                 continue
             if member.size > max_member_bytes:
                 current.problem, current.fields = "member_too_large", {}
