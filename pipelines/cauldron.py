@@ -97,9 +97,10 @@ def resolve_index(value: str | None, output: str) -> str | None:
         try:
             return default_index(os.path.join(output, "cache"))
         except Exception as error:  # noqa: BLE001 - network, credentials, a moved set: all the user's to see
+            cause = (str(error).splitlines() or [""])[0]
             raise UsageError(f"--decontam-index: the default index (MMBench, MathVista and MMMU images from the Hub) "
-                             f"cannot be built ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
-                             f"); give --decontam-index INDEX, or 'none' to skip") from None
+                             f"cannot be built ({type(error).__name__}: {cause}); give --decontam-index INDEX, or "
+                             f"'none' to skip") from None
     if not os.path.isfile(os.path.join(value, "index.json")):
         raise UsageError(f"--decontam-index {value}: not a decontamination index (no index.json); build one with "
                          f"python -m filters.decontam build")
@@ -139,8 +140,9 @@ def run(args: argparse.Namespace) -> int:
                             "--shuffle-turns": options.shuffle_turns}}
     index = resolve_index(options.decontam_index, args.output)
     check_and_write(output, manifest, range(len(names)))
-    settings = SubsetSettings(os.path.abspath(args.output), names, normalise_path(options.source), options.from_published,
-                              options.max_rows, index, options.tokenizer, options.shuffle_turns)
+    settings = SubsetSettings(os.path.abspath(args.output), names, normalise_path(options.source),
+                              options.from_published, options.max_rows, index, options.tokenizer,
+                              options.shuffle_turns)
     logging_dir = args.logging_dir or os.path.join(args.output, "logs")
     run_executor([BuildSubsets(settings)], len(names), range(len(names)), logging_dir, executor)
     _, failed = shard_outcomes(get_datafolder(logging_dir))
