@@ -75,11 +75,13 @@ def _item(entry: Entry, row: dict, number: int, from_published: bool) -> Item:
         raise FormatError("field 'texts' is missing or empty")
     try:
         blobs = [bytes(i["bytes"]) for i in images]
-        turns = [(str(t["user"]), str(t["assistant"]), str(t.get("source") or entry.source_string)) for t in texts]
+        turns = [(t["user"], t["assistant"], t.get("source") or entry.source_string) for t in texts]
     except (TypeError, KeyError):
         raise FormatError("row is not in the published schema (images: [{bytes}], texts: [{user, ...}])") from None
     if any(not b for b in blobs):
         raise FormatError("image without bytes")
+    if not all(isinstance(u, str) and isinstance(a, str) and u.strip() and a.strip() for u, a, _ in turns):
+        raise FormatError("a turn without user or assistant text")
     return Item(number, blobs, turns)
 
 
