@@ -53,9 +53,10 @@ class CauldronOptions:
                                           "repeats a row)", flag="--sft-tokens", minimum=1)
     seed: int = option(0, "seed of the SFT mixture's draw and order", flag="--seed")
     sft_rows_per_file: int = option(10_000, "rows per SFT parquet file", flag="--sft-rows-per-file", minimum=1)
-    # switches (no value), recorded in the manifest with the options above
-    from_published: bool = False
-    shuffle_turns: bool = False
+    from_published: bool = option(False, "read rows in the published Cauldron schema instead of rebuilding them",
+                                  flag="--from-published", switch=True)
+    shuffle_turns: bool = option(False, "shuffle the turns of merged rows (seeded by the row)",
+                                 flag="--shuffle-turns", switch=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,11 +70,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", help="output folder")
     parser.add_argument("--logging-dir", default=None, help="logs and completion markers (default: OUTPUT/logs)")
     add_arguments(parser, "The Cauldron", CauldronOptions, "")
-    switches = parser.add_argument_group("switches")
-    switches.add_argument("--from-published", action="store_true",
-                          help="read rows in the published Cauldron schema instead of rebuilding them")
-    switches.add_argument("--shuffle-turns", action="store_true",
-                          help="shuffle the turns of merged rows (seeded by the row)")
     ExecutorOptions.add_arguments(parser, job_name="idefics2-cauldron")
     return parser
 
@@ -123,7 +119,6 @@ def run(args: argparse.Namespace) -> int:
     if not args.output:
         raise UsageError("--output: required (or --list)")
     options = from_args(CauldronOptions, args, "")
-    options.from_published, options.shuffle_turns = args.from_published, args.shuffle_turns
     executor = ExecutorOptions.from_args(args)
     chosen = registry.select(options.subsets)
     explicit = options.subsets not in ("all", "subsets", "text")
@@ -136,8 +131,7 @@ def run(args: argparse.Namespace) -> int:
     names = [e.name for e in entries]
     manifest = {"pipeline": "cauldron", "input": normalise_path(options.source), "files": names,
                 "steps": ["format", "decontam", "write", "sft"], "limit": None,
-                "options": {**output_options(options, ""), "--from-published": options.from_published,
-                            "--shuffle-turns": options.shuffle_turns}}
+                "options": output_options(options, "")}
     index = resolve_index(options.decontam_index, args.output)
     check_and_write(output, manifest, range(len(names)))
     settings = SubsetSettings(os.path.abspath(args.output), names, normalise_path(options.source),

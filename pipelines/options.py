@@ -24,16 +24,17 @@ __all__ = ["UsageError", "option", "at_least", "add_arguments", "from_args", "ou
 
 def option(default: Any, help: str, *, changes_output: bool = True, path: bool = False, unit: str = "",
            choices: tuple | None = None, flag: str | None = None, parse: Callable[[str], Any] | None = None,
-           metavar: str | None = None, minimum: float | None = None) -> Any:
+           metavar: str | None = None, minimum: float | None = None, switch: bool = False) -> Any:
     """A dataclass field that is also a command-line flag.
 
     `changes_output`: recorded in the manifest and checked on resume (False for threads, batch sizes, retries);
     `path`: normalised to an absolute path (local) before it is recorded; `flag`: the full flag name when the
     prefixed field name is not the right one; `parse`: converts the flag's text (default: from the type);
-    `minimum`: smaller values are refused by the parser, with one line naming the flag.
+    `minimum`: smaller values are refused by the parser, with one line naming the flag; `switch`: a flag that
+    takes no value and turns a False default on.
     """
     meta = {"help": help, "changes_output": changes_output, "path": path, "unit": unit, "choices": choices,
-            "flag": flag, "parse": parse, "metavar": metavar, "minimum": minimum}
+            "flag": flag, "parse": parse, "metavar": metavar, "minimum": minimum, "switch": switch}
     return dataclasses.field(default=default, metadata={"option": meta})
 
 
@@ -85,6 +86,10 @@ def add_arguments(parser: argparse.ArgumentParser, title: str, config_class: typ
     group = parser.add_argument_group(title)
     for field, meta, kind in _fields(config_class):
         default = field.default
+        if meta.get("switch"):
+            group.add_argument(flag_name(prefix, field), dest=dest(prefix, field), action="store_true",
+                               help=meta["help"].replace("%", "%%"))
+            continue
         shown = "" if default is None else f"{default}{(' ' + meta['unit']) if meta['unit'] else ''}"
         help_text = meta["help"] + (f" (default: {shown})" if shown != "" else "")
         parse = meta["parse"] or (_parse_bool if kind is bool else kind)
