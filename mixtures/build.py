@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from datatrove.data import DocumentsPipeline
 from datatrove.io import get_datafolder
 from datatrove.pipeline.base import PipelineStep
 
 from filters.shard_files import shard_name
-from mixtures.draw import Allocation, UnitOrder, rng, shard_positions
+from mixtures.draw import Allocation, UnitOrder, apportion, rng, shard_positions
 from mixtures.images import ImageProblem, ImageRule, fit_image
 from mixtures.layout import Sample
 from mixtures.lengths import Part, fit
@@ -31,6 +31,7 @@ from pipelines.shards import TempFile
 
 GIVE_UP_AFTER = 1000  # unusable units in a row after which a shard stops reading a source (it holds none usable)
 ACCOUNTING = "accounting"
+TAR_MEMBER_OVERHEAD = 1024  # a member's 512-byte header plus, on average, half a block of padding
 
 
 @dataclass
@@ -61,7 +62,8 @@ class Planned:
 
 
 class MixtureShardBuilder(PipelineStep):
-    """Builds output shard `rank`. Stats: `samples`, `bytes`; the full accounting is in `accounting/NNNNN.json`."""
+    """Builds output shard `rank`. Stats: `documents` (samples), `bytes`; the full accounting is in
+    `accounting/NNNNN.json`."""
 
     name = "mixture"
     type = "🧪 - MIXTURE"
@@ -85,7 +87,7 @@ class MixtureShardBuilder(PipelineStep):
                 sample = self._sample(f"{shard_name(rank)}_{number:06d}", item, accounts[item.source])
                 with self.track_time():
                     tar.write(sample)
-                self.stat_update("samples")
+                self.stat_update("documents")  # what the command's progress line counts: samples here
         except BaseException:
             tar.abort()
             raise
@@ -178,3 +180,17 @@ class MixtureShardBuilder(PipelineStep):
         out = TempFile(folder, f"{ACCOUNTING}/{shard_name(rank)}.json")
         out.file.write(json.dumps(record, sort_keys=True).encode())
         out.commit()
+
+
+def estimate_sample_bytes(plan: Plan, pilot: int = 64) -> float:
+    """Mean bytes of a sample, from the first `pilot` samples of a one-shard plan with the same shares: what a
+    byte target for the tars turns into samples a shard (the same inputs and seed give the same estimate)."""
+    counts = apportion(min(pilot, plan.samples), [s.share for s in plan.spec.sources])
+    trial = replace(plan, allocation=Allocation.make(counts, plan.seed), samples_per_shard=sum(counts), shards=1)
+    builder = MixtureShardBuilder(trial)
+    sizes = []
+    for index, (source, quota) in enumerate(zip(trial.sources, counts)):
+        for item in builder._draw(index, source, quota, 0, Counter()):
+            sample = builder._sample("pilot", item, Counter())
+            sizes.append(sum(len(data) + TAR_MEMBER_OVERHEAD for _, data in sample.members()))
+    return sum(sizes) / len(sizes) if sizes else 1.0

@@ -78,16 +78,16 @@ class UnitSource:
         """Check the folders and count their units; a UsageError names the folder or file that is not usable."""
         for folder in self.folders:
             if not os.path.isdir(folder):
-                raise UsageError(f"--source {self.name}={folder}: no such folder")
+                raise UsageError(f"source {self.name}: {folder}: no such folder")
             if not os.path.isfile(os.path.join(folder, SUMMARY_FILE)):
-                raise UsageError(f"--source {self.name}={folder}: no {SUMMARY_FILE}: not a finished pipeline run")
+                raise UsageError(f"source {self.name}: {folder}: no {SUMMARY_FILE}: not a finished pipeline run")
             names = sorted(os.path.relpath(p, folder) for p in glob.glob(os.path.join(folder, "data", f"*{self.suffix}")))
             if not names:
-                raise UsageError(f"--source {self.name}={folder}: no data/*{self.suffix} files")
+                raise UsageError(f"source {self.name}: {folder}: no data/*{self.suffix} files")
             self._check_folder(folder)
             self.files += [InputFile(folder, name, self._count(folder, name)) for name in names]
         if self.units == 0:
-            raise UsageError(f"--source {self.name}: {', '.join(self.folders)} hold no {self.name} units")
+            raise UsageError(f"source {self.name}: {', '.join(self.folders)} hold no {self.name} units")
         return self
 
     def _check_folder(self, folder: str) -> None:
@@ -145,7 +145,7 @@ class ParquetUnits(UnitSource):
     def _check_folder(self, folder: str) -> None:
         index = self._index(folder)
         if problem := index.check():
-            raise UsageError(f"--source {self.name}={folder}: images/: {problem}")
+            raise UsageError(f"source {self.name}: {folder}: images/: {problem}")
 
     def _index(self, folder: str) -> Img2DatasetIndex:
         key = hashlib.sha1(os.path.abspath(folder).encode()).hexdigest()[:12]
@@ -157,10 +157,10 @@ class ParquetUnits(UnitSource):
         try:
             parquet = pq.ParquetFile(path)
         except Exception as error:  # noqa: BLE001 - pyarrow raises several types for a bad footer
-            raise UsageError(f"--source {self.name}: {path}: not a readable parquet file ({error})") from None
+            raise UsageError(f"source {self.name}: {path}: not a readable parquet file ({error})") from None
         missing = [c for c in self._columns(folder) if c not in parquet.schema_arrow.names]
         if missing:
-            raise UsageError(f"--source {self.name}: {path}: no column {missing[0]}")
+            raise UsageError(f"source {self.name}: {path}: no column {missing[0]}")
         return parquet.metadata.num_rows
 
     def _columns(self, folder: str) -> list[str]:

@@ -14,25 +14,39 @@ import argparse
 import json
 import math
 import os
+import re
 import sys
 import time
 from collections import Counter
+from dataclasses import replace
 
 from datatrove.io import get_datafolder
 
 from filters.shard_files import shard_name
-from mixtures.build import ACCOUNTING, MixtureShardBuilder, Plan
+from mixtures.build import ACCOUNTING, MixtureShardBuilder, Plan, estimate_sample_bytes
 from mixtures.draw import Allocation, UnitOrder, apportion, distinct_units
 from mixtures.layout import MixtureInfo, SourceTarget, write_info
 from mixtures.sources import open_source
 from mixtures.spec import StageSpec, load_spec
 from mixtures.tokens import DEFAULT_TOKENIZER, TokenCounter
-from pipelines.executors import ExecutorOptions, run_executor, shard_outcomes
+from pipelines.executors import ExecutorOptions, quiet_console, run_executor, shard_outcomes
 from pipelines.manifest import MANIFEST_FILE, read_json, write_json
 from pipelines.options import UsageError, at_least, normalise_path
 
 SUMMARY_FILE = "summary.json"
-DEFAULT_SHARD_SAMPLES = 1000  # samples a tar; at stage 2's sizes, a few hundred MB (webdataset suggests 100MB-1GB)
+# webdataset's FAQ suggests shards of a few hundred MB to a few GB: large enough for sequential reads
+DEFAULT_SHARD_SIZE = "512MB"
+_UNITS = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
+
+
+def parse_shard_size(text: str) -> tuple[str, int]:
+    """`1000` -> ("samples", 1000); `512MB` -> ("bytes", 512_000_000)."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([KMGT]B)?", text.strip().upper())
+    if match and match.group(2) and float(match.group(1)) > 0:
+        return "bytes", int(float(match.group(1)) * _UNITS[match.group(2)])
+    if match and not match.group(2) and match.group(1).isdigit() and int(match.group(1)) > 0:
+        return "samples", int(match.group(1))
+    raise argparse.ArgumentTypeError(f"{text!r}: expected a number of samples or a size such as 512MB")
 
 EXAMPLES = """examples:
   python -m pipelines.mixture --stage 1 --sources-root out --output out/stage1 --samples 100000
@@ -57,8 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="samples in the mixture (default: as many as the scarcest source gives without repeating "
                          "any of its units, at its share)")
     io.add_argument("--seed", type=at_least(int, 0), default=0, help="seed of every random choice (default: 0)")
-    io.add_argument("--shard-size", type=at_least(int, 1), default=DEFAULT_SHARD_SAMPLES, metavar="SAMPLES",
-                    help="samples a tar (default: %(default)s)")
+    io.add_argument("--shard-size", type=parse_shard_size, default=DEFAULT_SHARD_SIZE, metavar="N|SIZE",
+                    help="a tar's target: N samples, or a size such as 512MB or 1GB, turned into samples from the "
+                         "mean size of the mixture's first samples (default: %(default)s)")
     io.add_argument("--tokenizer", default=DEFAULT_TOKENIZER,
                     help="tokenizer counting text tokens: Hub id or folder (default: %(default)s)")
     io.add_argument("--cache-dir", default=None, help="LOCAL folder for the image and page indexes "
@@ -97,9 +112,19 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
     sources = [open_source(s.name, s.format, folders[s.name], cache) for s in spec.sources]
     samples = args.samples or default_samples(spec, [s.units for s in sources])
     counts = apportion(samples, [s.share for s in spec.sources])
-    shards = math.ceil(samples / args.shard_size)
-    return Plan(spec, sources, Allocation.make(counts, args.seed), args.shard_size, shards, args.seed,
-                args.tokenizer, args.output)
+    kind, size = args.shard_size
+    per_shard = size if kind == "samples" else samples  # bytes: set once the tokenizer is loaded (`size_shards`)
+    return Plan(spec, sources, Allocation.make(counts, args.seed), per_shard, math.ceil(samples / per_shard),
+                args.seed, args.tokenizer, args.output)
+
+
+def size_shards(plan: Plan, shard_size: tuple[str, int]) -> Plan:
+    """A byte target as samples a shard, from the pilot's mean sample size."""
+    kind, size = shard_size
+    if kind == "samples":
+        return plan
+    per_shard = max(1, min(plan.samples, int(size // estimate_sample_bytes(plan))))
+    return replace(plan, samples_per_shard=per_shard, shards=math.ceil(plan.samples / per_shard))
 
 
 def manifest(plan: Plan) -> dict:
@@ -196,6 +221,8 @@ def format_summary(summary: dict) -> str:
 
 def run(args: argparse.Namespace) -> int:
     executor = ExecutorOptions.from_args(args)
+    if not args.verbose:
+        quiet_console()  # the image indexes' INFO lines stay out of the console, as in the tasks
     if get_datafolder(args.output).isfile(""):
         raise UsageError(f"--output {args.output}: is a file, not a folder")
     plan = plan_from_args(args)
@@ -203,6 +230,7 @@ def run(args: argparse.Namespace) -> int:
         plan.counter = TokenCounter(plan.tokenizer)  # fail here, in one line, not in every task
     except (OSError, ValueError) as error:
         raise UsageError(f"--tokenizer {plan.tokenizer}: cannot be loaded ({str(error).splitlines()[0]})") from None
+    plan = size_shards(plan, args.shard_size)
     check_and_write_manifest(plan)
     write_info(get_datafolder(plan.output), mixture_info(plan))
     logging_path = os.path.join(args.output, "logs")

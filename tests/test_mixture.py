@@ -147,9 +147,11 @@ def test_datasets_loads_every_image_with_the_features(stage1):
 
 def test_stage2_caps_scales_up_and_mixes_pages(sources, tmp_path):
     output = tmp_path / "stage2"
-    result = build(sources, output, "--samples", "300", "--shard-size", "150", "--workers", "2",
+    result = build(sources, output, "--samples", "300", "--shard-size", "3MB", "--workers", "2",
                    "--source", f"pages={sources / 'pdfa'}", stage="2")
     assert result.returncode == 0, result.stderr
+    sizes = [p.stat().st_size for p in sorted((output / "data").glob("*.tar"))]
+    assert len(sizes) > 2 and all(2e6 < size < 4e6 for size in sizes[:-1])  # the byte target, from the estimate
     assert "pages" in result.stdout and "20.0%" in result.stdout
     samples = read_mixture(output)
     assert {s.source for s in samples} == {"obelics", "pairs", "pages"}
@@ -211,7 +213,7 @@ def test_a_source_that_is_not_a_finished_run_is_one_error_line(sources, tmp_path
                          "--source", f"pairs={sources / 'laion_coco'}", "--output", str(tmp_path / "out"),
                          "--tokenizer", TOKENIZER)
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [f"error: --source obelics={unfinished}: no summary.json: not a "
+    assert result.stderr.strip().splitlines() == [f"error: source obelics: {unfinished}: no summary.json: not a "
                                                   f"finished pipeline run"]
     result = run_command("pipelines.mixture", "--stage", "1", "--output", str(tmp_path / "out"),
                          "--source", "nope=x")
@@ -249,3 +251,52 @@ def test_unreadable_images_are_counted_not_fatal(sources, tmp_path):
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())["sources"]["obelics"]
     assert summary["images_lost"].get("not_an_image", 0) > 0 and summary["images"] == 0
     assert all(s.images == [] for s in read_mixture(tmp_path / "out") if s.source == "obelics")
+
+
+PAGES_ONLY = """
+name = "pages_only"
+image_max_side = 64
+image_tokens = 64
+[sources.pages]
+format = "pages"
+paths = ["pages"]
+share = 1.0
+max_tokens = 1024
+"""
+
+
+def test_hostile_pages_tar_is_counted_not_fatal(tmp_path):
+    """A pages output whose tar holds a link, a sample without image, a JSON that is not JSON, and ends cut short."""
+    folder = tmp_path / "pages"
+    (folder / "data").mkdir(parents=True)
+    (folder / "summary.json").write_text("{}")
+    buffer = io.BytesIO()
+    Image.new("RGB", (100, 50), (10, 20, 30)).save(buffer, format="JPEG")
+    members = [("good_00000.jpg", buffer.getvalue()), ("good_00000.json", b'{"text": "a page", "key": "good", '
+                                                                          b'"page": 0}'),
+               ("noimage_00000.json", b'{"text": "no image"}'), ("badjson_00000.jpg", buffer.getvalue()),
+               ("badjson_00000.json", b"{not json")]
+    with tarfile.open(folder / "data" / "00000.tar", "w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        link = tarfile.TarInfo("link_00000.jpg")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tar.addfile(link)
+        tar.addfile(tarfile.TarInfo("link_00000.json"), io.BytesIO(b""))
+        last = tarfile.TarInfo("cut_00000.jpg")
+        last.size = 100_000
+        tar.addfile(last, io.BytesIO(bytes(100_000)))
+    data = (folder / "data" / "00000.tar").read_bytes()
+    (folder / "data" / "00000.tar").write_bytes(data[:data.index(bytes(512) * 20) - 50_000])  # cut inside the last
+    spec = tmp_path / "pages.toml"
+    spec.write_text(PAGES_ONLY)
+    result = build(tmp_path, tmp_path / "out", "--samples", "20", stage=str(spec))
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())["sources"]["pages"]
+    assert summary["samples"] == 20 and summary["unreadable"].keys() == {"no_image", "bad_json", "no_json"}
+    assert summary["units_available"] == 5 and "unexpected end of data" in summary["count_problems"][0]
+    samples = read_mixture(tmp_path / "out")
+    assert {s.origin["id"] for s in samples} == {"good_00000"}
+    assert all(s.image_sizes == [[64, 32]] for s in samples)

@@ -157,3 +157,29 @@ def test_a_bad_spec_is_one_line_naming_the_file(tmp_path, text, message):
     with pytest.raises(UsageError, match=message) as error:
         load_spec(str(path))
     assert str(path) in str(error.value) and "\n" not in str(error.value)
+
+
+# -- shard writer ----------------------------------------------------------------------------------------------
+
+
+def test_the_shard_writer_writes_the_bytes_tarfile_writes(tmp_path):
+    import tarfile
+
+    from datatrove.io import get_datafolder
+
+    from mixtures.layout import Sample, add_sample, iter_samples
+    from mixtures.shard_writer import SampleTar
+
+    samples = [Sample(f"{n:05d}_000001", "obelics", ["é text " * n, None, "x"] if n % 2 else [None, "caption"],
+                      [bytes(range(256)) * (n + 1)], {"id": "u", "file": "f", "row": n, "part": 0, "parts": 1},
+                      [[4, 5]], {"text": n, "image": 64, "total": n + 64}) for n in range(30)]
+    ours = SampleTar(get_datafolder(str(tmp_path)), "ours.tar")
+    for sample in samples:
+        ours.write(sample)
+    ours.commit()
+    with tarfile.open(tmp_path / "stdlib.tar", "w") as tar:
+        for sample in samples:
+            add_sample(tar, sample)
+    assert (tmp_path / "ours.tar").read_bytes() == (tmp_path / "stdlib.tar").read_bytes()
+    with open(tmp_path / "ours.tar", "rb") as f:
+        assert [s.texts for s in iter_samples(f)] == [s.texts for s in samples]
