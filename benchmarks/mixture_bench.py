@@ -1,5 +1,6 @@
 """The stage-mixture builder: samples per second per core for a stage 2 build, its largest process's memory as the
-mixture grows, and the tar shard writer's throughput against writing the same bytes to one plain file.
+mixture grows, random unit reads one by one against in blocks, and the tar shard writer's throughput against
+writing the same bytes to one plain file.
 
     python benchmarks/mixture_bench.py [--sources-root DIR] [--samples 2000] [--repeat 3]
 
@@ -18,6 +19,7 @@ import contextlib
 import io
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -25,10 +27,14 @@ import tempfile
 import time
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 from datatrove.io import get_datafolder
 
+from mixtures.draw import BLOCK_UNITS, UnitOrder, shard_positions
 from mixtures.layout import add_sample, iter_samples
 from mixtures.shard_writer import SampleTar
+from mixtures.sources import open_source
 from pipelines import cli, laion_coco, obelics, pdfa
 from pipelines.demo import sample_path
 
@@ -89,6 +95,26 @@ def write_plain(samples: list, folder: str) -> float:
     return time.perf_counter() - start
 
 
+def big_obelics(sources: Path, folder: Path, files: int = 20, rows: int = 5000) -> None:
+    """An OBELICS output of `files` x `rows` rows in 500-row groups (what our pipelines write), made by repeating
+    the sample output's rows; its images folder is the sample's."""
+    table = pq.read_table(sources / "obelics" / "data")
+    repeated = pa.concat_tables([table] * (rows // len(table) + 1)).slice(0, rows)
+    (folder / "data").mkdir(parents=True)
+    for number in range(files):
+        pq.write_table(repeated, folder / "data" / f"{number:05d}.parquet", row_group_size=500)
+    shutil.copytree(sources / "obelics" / "images", folder / "images")
+    (folder / "summary.json").write_text("{}")
+
+
+def read_units(source, order: UnitOrder, count: int) -> float:
+    """Seconds to read the first `count` units of shard 0 of 8 in `order`."""
+    start = time.perf_counter()
+    units = order.units_at(shard_positions(0, 8, 0, count, order.block))
+    source.read(units[units >= 0].tolist())
+    return time.perf_counter() - start
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sources-root", default=None)
@@ -109,6 +135,14 @@ def main() -> None:
           f"{4 * args.samples:,} samples: {4 * args.samples / large_seconds:.1f} samples/s/core")
     print(f"largest process: {small_memory:.0f} MiB at {args.samples:,} samples, {large_memory:.0f} MiB (max so far) "
           f"at {4 * args.samples:,}")
+
+    big = work / "big_obelics"
+    big_obelics(sources, big)
+    source = open_source("obelics", "obelics", [str(big)], str(work / "cache"))
+    per_unit = read_units(source, UnitOrder(source.units, 0, "obelics", block=1), 2000)
+    blocks = read_units(source, UnitOrder(source.units, 0, "obelics"), 2000)
+    print(f"reading 2,000 units of a 100,000-row OBELICS output (500-row groups): one at a time at random "
+          f"{per_unit:.1f} s, in blocks of {BLOCK_UNITS} {blocks:.2f} s; ratio {per_unit / blocks:.1f}x")
 
     samples = []
     for tar in sorted((work / "small" / "data").glob("*.tar")):

@@ -106,12 +106,17 @@ class MixtureShardBuilder(PipelineStep):
         out: list[Planned] = []
         read = unusable = 0
         while len(out) < quota and unusable < GIVE_UP_AFTER:
-            positions = shard_positions(rank, self.plan.shards, read, max(quota - len(out), 8))
+            positions = shard_positions(rank, self.plan.shards, read, max(quota - len(out), 8), order.block)
             units = order.units_at(positions)
-            for position, unit in zip(positions.tolist(), source.read(units.tolist())):
+            wanted = units >= 0  # past the last unit: nothing to read
+            found = iter(source.read(units[wanted].tolist()))
+            for position, present in zip(positions.tolist(), wanted.tolist()):
                 if len(out) >= quota or unusable >= GIVE_UP_AFTER:
                     break
                 read += 1
+                if not present:
+                    continue
+                unit = next(found)
                 if isinstance(unit, str):
                     account[f"unreadable/{unit}"] += 1
                     unusable += 1

@@ -8,10 +8,10 @@ the mixture.
   "virtual time" (j + u_i) / n_i, u_i a seeded offset); shard k holds the samples of ranks [k*S, (k+1)*S) in
   that merged order. A shard finds its own counts by a binary search, exactly, in integer arithmetic.
 * Units: a source's units are read in a seeded pseudo-random order that repeats with a fresh order each epoch
-  (a prefix of one order when the source is subsampled, several orders when it is repeated). Position p of that
-  endless stream is unit `permute(p mod U)` of epoch p // U, where `permute` is a keyed Feistel network over the
-  unit numbers with cycle walking: a bijection computed per position, so no shard holds a U-long permutation.
-  Shard k reads positions k, k + K, k + 2K, ... (K shards) until its count is filled, so however many parts a
+  (a prefix of one order when the source is subsampled, several orders when it is repeated). The order is of
+  blocks of 64 consecutive units, each block's units shuffled too (`UnitOrder`), computed per position by keyed
+  Feistel networks (bijections with cycle walking), so no shard holds a U-long permutation. Output shard k reads
+  runs k, k + K, k + 2K, ... of 64 positions (K shards) until its count is filled, so however many parts a
   document is split into, or however many units are dropped, shards never read the same position and never
   depend on each other or on the number of workers.
 """
@@ -25,6 +25,9 @@ from dataclasses import dataclass
 import numpy as np
 
 _OFFSET_RESOLUTION = 1 << 20  # granularity of the seeded per-source offsets u_i
+# Units read together: at most one parquet row group (our pipelines write 500-row groups) or a stretch of a tar
+# per 64 units, instead of one per unit; small enough that a shard of a few thousand samples mixes ~50+ blocks.
+BLOCK_UNITS = 64
 _ROUNDS = 4  # Feistel rounds: 4 give a pseudo-random permutation (Luby-Rackoff)
 _M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)  # splitmix64's finaliser constants
 
@@ -114,63 +117,85 @@ def _mix(values: np.ndarray, key: int) -> np.ndarray:
     return x ^ (x >> np.uint64(31))
 
 
-class UnitOrder:
-    """The seeded order in which a source of `units` units is read; see the module docstring."""
+class Feistel:
+    """A keyed bijection of [0, n), for any n >= 1: a balanced Feistel network on the smallest even number of
+    bits that covers n, with cycle walking (a value that lands outside [0, n) is encrypted again)."""
 
-    def __init__(self, units: int, seed: int, source: str):
+    def __init__(self, n: int, *key: object):
+        bits = max(2, (n - 1).bit_length() + ((n - 1).bit_length() & 1))
+        self.n, self.half, self.mask = n, np.uint64(bits // 2), np.uint64((1 << (bits // 2)) - 1)
+        self.keys = [seed_int("feistel", *key, r) for r in range(_ROUNDS)]
+
+    def _round_trip(self, x: np.ndarray) -> np.ndarray:
+        left, right = x >> self.half, x & self.mask
+        with np.errstate(over="ignore"):
+            for key in self.keys:
+                left, right = right, left ^ (_mix(right, key) & self.mask)
+        return (left << self.half) | right
+
+    def __call__(self, values: np.ndarray) -> np.ndarray:
+        out = self._round_trip(values.astype(np.uint64))
+        outside = out >= np.uint64(self.n)
+        while outside.any():  # the domain is under 4n: a few steps on average
+            out[outside] = self._round_trip(out[outside])
+            outside = out >= np.uint64(self.n)
+        return out.astype(np.int64)
+
+
+class UnitOrder:
+    """The seeded order in which a source of `units` units is read; see the module docstring.
+
+    Units are taken in blocks of `block` consecutive ones (a parquet row group or a stretch of a tar holds them
+    together, so a task reads it once for many units, not once per unit): an epoch is the blocks in a seeded
+    order, each block's units in a seeded order of their own. Positions past the last unit (the last block
+    may be short) read as -1, and are skipped."""
+
+    def __init__(self, units: int, seed: int, source: str, block: int = BLOCK_UNITS):
         if units < 1:
             raise ValueError("a source with no units has no order")
         self.units, self.seed, self.source = units, seed, source
-        bits = max(2, (units - 1).bit_length() + ((units - 1).bit_length() & 1))  # even, 2**bits >= units
-        self.half = bits // 2
-        self.mask = np.uint64((1 << self.half) - 1)
-
-    def _keys(self, epoch: int) -> list[int]:
-        return [seed_int("unit-order", self.seed, self.source, epoch, r) for r in range(_ROUNDS)]
-
-    def _feistel(self, x: np.ndarray, keys: list[int]) -> np.ndarray:
-        half = np.uint64(self.half)
-        left, right = x >> half, x & self.mask
-        with np.errstate(over="ignore"):
-            for key in keys:
-                left, right = right, left ^ (_mix(right, key) & self.mask)
-        return (left << half) | right
-
-    def _permute(self, indices: np.ndarray, epoch: int) -> np.ndarray:
-        keys = self._keys(epoch)
-        out = self._feistel(indices.astype(np.uint64), keys)
-        outside = out >= np.uint64(self.units)
-        while outside.any():  # cycle walking: at most 4x the domain, a few steps on average
-            out[outside] = self._feistel(out[outside], keys)
-            outside = out >= np.uint64(self.units)
-        return out.astype(np.int64)
+        self.block = min(block, units)
+        self.blocks = -(-units // self.block)
+        self.epoch_positions = self.blocks * self.block
 
     def units_at(self, positions: np.ndarray) -> np.ndarray:
-        """The unit read at each stream position."""
+        """The unit read at each stream position (-1: none, past the last unit)."""
         positions = np.asarray(positions, dtype=np.int64)
-        epochs, indices = positions // self.units, positions % self.units
+        epochs, within = np.divmod(positions, self.epoch_positions)
+        runs, inner = np.divmod(within, self.block)
         out = np.empty_like(positions)
         for epoch in np.unique(epochs):
             chosen = epochs == epoch
-            out[chosen] = self._permute(indices[chosen], int(epoch))
+            blocks = Feistel(self.blocks, self.seed, self.source, int(epoch))(runs[chosen])
+            units = blocks * self.block
+            inner_chosen = inner[chosen]
+            for block in np.unique(blocks):  # each block's own order
+                here = blocks == block
+                units[here] += Feistel(self.block, self.seed, self.source, int(epoch), int(block))(inner_chosen[here])
+            out[chosen] = units
+        out[out >= self.units] = -1
         return out
 
 
-def shard_positions(shard: int, shards: int, start: int, count: int) -> np.ndarray:
-    """Stream positions k + K*j, j in [start, start + count): the ones output shard k reads."""
-    return shard + shards * np.arange(start, start + count, dtype=np.int64)
+def shard_positions(shard: int, shards: int, start: int, count: int, block: int) -> np.ndarray:
+    """Positions j in [start, start + count) of output shard k: the k-th, (k+K)-th, ... runs of `block` positions."""
+    j = np.arange(start, start + count, dtype=np.int64)
+    runs, inner = np.divmod(j, block)
+    return (shard + shards * runs) * block + inner
 
 
-def distinct_units(order: UnitOrder, shards: int, read: list[int]) -> int:
-    """How many distinct units were read when shard k read its first `read[k]` positions (k + K*j)."""
-    units, total = order.units, sum(read)
-    in_first_epoch = sum(max(0, min(r, -(-(units - k) // shards))) for k, r in enumerate(read))
-    if in_first_epoch == units:
-        return units  # one whole order read
-    if in_first_epoch == total:
-        return total  # all within the first order: nothing repeated
-    seen = np.zeros(units, dtype=bool)  # some repeated, the first order not complete: count them (1 byte a unit)
+def distinct_units(order: UnitOrder, shards: int, read: list[int], chunk: int = 1 << 20) -> int:
+    """How many distinct units the shards read when shard k read its first `read[k]` positions."""
+    last = [int(shard_positions(k, shards, r - 1, 1, order.block)[0]) for k, r in enumerate(read) if r]
+    if not last:
+        return 0
+    seen = None if max(last) < order.epoch_positions else np.zeros(order.units, dtype=bool)
+    valid = 0  # all in the first epoch: every position is a different unit
     for shard, count in enumerate(read):
-        for start in range(0, count, 1 << 20):
-            seen[order.units_at(shard_positions(shard, shards, start, min(1 << 20, count - start)))] = True
-    return int(seen.sum())
+        for start in range(0, count, chunk):
+            units = order.units_at(shard_positions(shard, shards, start, min(chunk, count - start), order.block))
+            units = units[units >= 0]
+            valid += len(units)
+            if seen is not None:
+                seen[units] = True
+    return valid if seen is None else int(seen.sum())

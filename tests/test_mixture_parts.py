@@ -43,25 +43,31 @@ def test_allocation_is_monotone_exact_and_even_over_shards():
         assert all(abs(n - 250 * s) <= 1 for n, s in zip(counts, (0.45, 0.35, 0.2)))
 
 
-@pytest.mark.parametrize("units", [1, 2, 5, 1000, 4097])
+@pytest.mark.parametrize("units", [1, 2, 5, 64, 1000, 4097])
 def test_unit_order_is_a_fresh_permutation_each_epoch(units):
     order = UnitOrder(units, seed=7, source="obelics")
-    stream = order.units_at(np.arange(3 * units))
-    for epoch in range(3):
-        assert sorted(stream[epoch * units:(epoch + 1) * units].tolist()) == list(range(units))
+    epoch = order.epoch_positions
+    stream = order.units_at(np.arange(3 * epoch))
+    for number in range(3):
+        read = stream[number * epoch:(number + 1) * epoch]
+        assert sorted(read[read >= 0].tolist()) == list(range(units))
     if units >= 1000:
-        assert stream[:units].tolist() != stream[units:2 * units].tolist()
-        assert stream[:units].tolist() != UnitOrder(units, seed=8, source="obelics").units_at(np.arange(units)).tolist()
+        assert stream[:epoch].tolist() != stream[epoch:2 * epoch].tolist()
+        other = UnitOrder(units, seed=8, source="obelics").units_at(np.arange(epoch))
+        assert stream[:epoch].tolist() != other.tolist()
+        runs = [set(stream[i:i + 64].tolist()) - {-1} for i in range(0, epoch, 64)]
+        assert all(len({u // 64 for u in run}) == 1 for run in runs)  # a run of 64 positions is one block
 
 
 def test_shards_read_disjoint_positions_and_distinct_units_are_counted():
-    positions = [shard_positions(k, 3, 0, 40).tolist() for k in range(3)]
-    assert len(set(sum(positions, []))) == 120
-    order = UnitOrder(100, seed=1, source="pairs")
+    positions = [shard_positions(k, 3, 0, 200, 64).tolist() for k in range(3)]
+    assert len(set(sum(positions, []))) == 600 and positions[1][:2] == [64, 65] and positions[0][64] == 192
+    order = UnitOrder(1000, seed=1, source="pairs")  # 16 blocks of 64, the last one short: 1,024 positions
     assert distinct_units(order, 3, [10, 10, 10]) == 30  # a subsample: nothing repeated
-    assert distinct_units(order, 3, [34, 33, 33]) == 100  # exactly one epoch
-    seen = {int(u) for k in range(3) for u in order.units_at(shard_positions(k, 3, 0, 30 + 10 * (k == 0)))}
-    assert distinct_units(order, 3, [40, 30, 30]) == len(seen)  # a partial second epoch, counted exactly
+    assert distinct_units(order, 3, [384, 320, 320]) == 1000  # exactly one epoch
+    seen = {int(u) for k, n in enumerate([500, 400, 400])
+            for u in order.units_at(shard_positions(k, 3, 0, n, 64))} - {-1}
+    assert distinct_units(order, 3, [500, 400, 400]) == len(seen)  # a partial second epoch, counted exactly
 
 
 # -- lengths ---------------------------------------------------------------------------------------------------
