@@ -116,6 +116,7 @@ class MixtureShardBuilder(PipelineStep):
                 read += 1
                 if not present:
                     continue
+                account["units_read"] += 1
                 unit = next(found)
                 if isinstance(unit, str):
                     account[f"unreadable/{unit}"] += 1

@@ -87,6 +87,8 @@ def test_shares_within_one_point_of_the_target(stage1):
     assert summary["samples"] == SAMPLES and summary["max_images"] == max(len(s.images) for s in samples)
     pairs = summary["sources"]["pairs"]
     assert pairs["units_distinct"] == pairs["units_available"] and pairs["repeat_factor"] > 1  # sample data: repeats
+    for name, source in summary["sources"].items():  # stage 1 on the sample: no splits, no drops
+        assert source["units_read"] == source["samples"], name
 
 
 def test_same_seed_same_bytes_with_one_and_four_workers(sources, stage1, tmp_path):
