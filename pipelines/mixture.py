@@ -29,6 +29,7 @@ from mixtures.layout import MixtureInfo, SourceTarget, write_info
 from mixtures.sources import open_source
 from mixtures.spec import StageSpec, load_spec
 from mixtures.tokens import DEFAULT_TOKENIZER, TokenCounter
+from pipelines.cli import default_cache_dir
 from pipelines.executors import ExecutorOptions, quiet_console, run_executor, shard_outcomes
 from pipelines.manifest import MANIFEST_FILE, read_json, write_json
 from pipelines.options import UsageError, at_least, normalise_path
@@ -76,8 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "mean size of the mixture's first samples (default: %(default)s)")
     io.add_argument("--tokenizer", default=DEFAULT_TOKENIZER,
                     help="tokenizer counting text tokens: Hub id or folder (default: %(default)s)")
-    io.add_argument("--cache-dir", default=None, help="LOCAL folder for the image and page indexes "
-                                                      "(default: OUTPUT/cache)")
+    io.add_argument("--cache-dir", default=None,
+                    help="LOCAL folder for the image and page indexes (default: OUTPUT/cache for a local output, "
+                         "else ~/.cache/idefics2-recipe/<hash of OUTPUT>)")
     ExecutorOptions.add_arguments(parser, job_name="idefics2-mixture")
     return parser
 
@@ -108,7 +110,7 @@ def default_samples(spec: StageSpec, units: list[int]) -> int:
 def plan_from_args(args: argparse.Namespace) -> Plan:
     spec = load_spec(args.stage)
     folders = source_folders(spec, args.source, args.sources_root)
-    cache = args.cache_dir or os.path.join(args.output, "cache")
+    cache = args.cache_dir or default_cache_dir(args.output)
     sources = [open_source(s.name, s.format, folders[s.name], cache) for s in spec.sources]
     samples = args.samples or default_samples(spec, [s.units for s in sources])
     counts = apportion(samples, [s.share for s in spec.sources])

@@ -220,6 +220,12 @@ def test_a_source_that_is_not_a_finished_run_is_one_error_line(sources, tmp_path
     result = run_command("pipelines.mixture", "--stage", "1", "--output", str(tmp_path / "out"),
                          "--source", "nope=x")
     assert result.returncode == 2 and "the spec has no source 'nope'" in result.stderr
+    for flags, message in [(["--tokenizer", str(tmp_path / "no-tokenizer")], "error: --tokenizer "),
+                           (["--stage", str(tmp_path / "none.toml")], "error: --stage "),
+                           (["--source", f"pairs={tmp_path}"], "error: source pairs: ")]:
+        result = build(sources, tmp_path / "out", *flags)
+        assert result.returncode == 2 and result.stderr.startswith(message), result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
 
 
 def test_resume_skips_done_shards_and_refuses_other_settings(sources, tmp_path):
