@@ -81,7 +81,8 @@ class UnitSource:
                 raise UsageError(f"source {self.name}: {folder}: no such folder")
             if not os.path.isfile(os.path.join(folder, SUMMARY_FILE)):
                 raise UsageError(f"source {self.name}: {folder}: no {SUMMARY_FILE}: not a finished pipeline run")
-            names = sorted(os.path.relpath(p, folder) for p in glob.glob(os.path.join(folder, "data", f"*{self.suffix}")))
+            found = glob.glob(os.path.join(folder, "data", f"*{self.suffix}"))
+            names = sorted(os.path.relpath(p, folder) for p in found)
             if not names:
                 raise UsageError(f"source {self.name}: {folder}: no data/*{self.suffix} files")
             self._check_folder(folder)

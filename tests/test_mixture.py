@@ -7,7 +7,6 @@ import contextlib
 import importlib
 import io
 import json
-import os
 import shutil
 import tarfile
 from dataclasses import dataclass
@@ -113,7 +112,8 @@ def test_images_within_the_cap_and_lengths_within_the_maximum(stage1):
         texts = [t for t in sample.texts if t is not None]
         if number % 10 == 0:  # an independent count, on every tenth sample
             text = sum(len(tokenizer(t, add_special_tokens=False).input_ids) for t in texts)
-            assert sample.tokens == {"text": text, "image": 64 * len(sample.images), "total": text + 64 * len(sample.images)}
+            image = 64 * len(sample.images)
+            assert sample.tokens == {"text": text, "image": image, "total": text + image}
         assert sample.tokens["total"] <= limits[sample.source]
 
 
