@@ -5,7 +5,8 @@ Splitting keeps every image with its text: the layout is cut only right after a 
 the text that follows it (and a run of images with the text after them). A block (images + their text) that is
 still too long has its text cut at paragraph, then line, then sentence, then word boundaries, each piece keeping
 its separator, so the pieces joined give the text back; the images stay with the first piece. A piece that
-alone exceeds the budget (a single "word" of thousands of tokens) is dropped and counted. Token counts follow
+alone exceeds the budget (a single "word" of thousands of tokens) is dropped and counted, as are trailing images
+that fit in no part with text (a part is never images alone). Token counts follow
 `mixtures.tokens`: a sample's text tokens are the sum of its texts' counts, so parts are counted exactly.
 """
 
@@ -127,8 +128,8 @@ def fit(texts: list[str | None], images: list[object], tokens: list[int], max_to
                 last.texts += piece.texts
                 last.images += piece.images
                 last.text_tokens += piece.text_tokens
-            elif piece.cost(image_tokens) <= max_tokens:
+            elif piece.cost(image_tokens) <= max_tokens and piece.text_tokens:
                 parts.append(piece)
-            else:  # images with no text room (more images in a row than the maximum holds)
+            else:  # images with no text room, or trailing images that fit no part: never a sample without text
                 dropped += 1
     return Fitted(parts, "split" if parts else "too_long", dropped)

@@ -189,3 +189,9 @@ def test_the_shard_writer_writes_the_bytes_tarfile_writes(tmp_path):
     assert (tmp_path / "ours.tar").read_bytes() == (tmp_path / "stdlib.tar").read_bytes()
     with open(tmp_path / "ours.tar", "rb") as f:
         assert [s.texts for s in iter_samples(f)] == [s.texts for s in samples]
+
+
+def test_a_part_is_never_images_alone():
+    texts = ["word " * 8, None, None]  # a document that ends with images that do not fit with its text
+    fitted = fit(texts, ["i1", "i2"], [8], max_tokens=12, image_tokens=4, too_long="split", count=words)
+    assert [p.texts for p in fitted.parts] == [["word " * 8]] and fitted.pieces_dropped == 1
