@@ -3,9 +3,12 @@
 A formatter reads the row through the entry's `fields` (role -> column), so a new dataset of a known kind is a
 registry entry, not code. Roles read, by family:
 
-  short_vqa, document_qa, counting   image, question, answer (a list: its most frequent value)
+  short_vqa, document_qa, counting   image, question, answer (a list: its most frequent value); or, where a
+                                     source keeps all of an image's questions in one row, qa (a list of
+                                     {question, answer}) or questions and answers (parallel lists): one turn each
   multiple_choice                    image, question, choices, answer (index, letter or text: `answer_kind`)
-  yes_no                             image, question (through the entry's `template`), answer (bool, 0/1, yes/no)
+  yes_no                             image, question (through the entry's `template`), answer (bool, 0/1, yes/no);
+                                     or qa, or questions and answers, as above
   captioning                         image, caption (a list: its first)
   transcription                      image, text
   reasoning                          image, question, answer, explanation
@@ -105,17 +108,47 @@ def _question(row: dict, entry: Entry) -> str:
     return entry.template.format(question=_text(_get(row, entry, "question")))
 
 
+def _qa_pairs(row: dict, entry: Entry) -> list[tuple[str, object]]:
+    """(question text, raw answer) pairs: one per row, or every pair of a row that holds all of an image's
+    questions (`qa`: a list of {question, answer}, as vikhyatk/dvqa; `questions` and `answers`: parallel lists,
+    as howard-hou/OCR-VQA)."""
+    if "qa" in entry.fields:
+        column = entry.fields["qa"]
+        try:
+            pairs = [(p["question"], p["answer"]) for p in _get(row, entry, "qa")]
+        except (TypeError, KeyError):
+            raise FormatError(f"field {column!r} is not a list of {{question, answer}}") from None
+    elif "questions" in entry.fields:
+        questions, answers = _get(row, entry, "questions"), _get(row, entry, "answers")
+        if not isinstance(questions, (list, tuple)) or not isinstance(answers, (list, tuple)) \
+                or len(questions) != len(answers):
+            raise FormatError(f"fields {entry.fields['questions']!r} and {entry.fields['answers']!r} are not lists "
+                              "of the same length")
+        pairs = list(zip(questions, answers))
+    else:
+        return [(_question(row, entry), _get(row, entry, "answer"))]
+    if any(q is None or a is None or not _text(q) or not _text(a) for q, a in pairs):
+        raise FormatError(f"a question or an answer of field {entry.fields.get('qa') or entry.fields['questions']!r} "
+                          "is missing or empty")
+    return [(entry.template.format(question=_text(q)), a) for q, a in pairs]
+
+
+def _asked(row, entry, rng, hints: tuple[str, ...], answer) -> list[tuple[str, str]]:
+    """One turn per question, each with its own drawn hint."""
+    return [(f"{question}\n{rng.choice(hints)}", answer(value)) for question, value in _qa_pairs(row, entry)]
+
+
 # the families --------------------------------------------------------------------------------------------------
 def short_vqa(row, entry, rng):
-    return [(f"{_question(row, entry)}\n{rng.choice(phrasings.BRIEF)}", _one_answer(_get(row, entry, "answer")))]
+    return _asked(row, entry, rng, phrasings.BRIEF, _one_answer)
 
 
 def document_qa(row, entry, rng):
-    return [(f"{_question(row, entry)}\n{rng.choice(phrasings.DOCUMENT)}", _one_answer(_get(row, entry, "answer")))]
+    return _asked(row, entry, rng, phrasings.DOCUMENT, _one_answer)
 
 
 def counting(row, entry, rng):
-    return [(f"{_question(row, entry)}\n{rng.choice(phrasings.COUNT)}", _one_answer(_get(row, entry, "answer")))]
+    return _asked(row, entry, rng, phrasings.COUNT, _one_answer)
 
 
 def _choices(row, entry) -> list[str]:
@@ -154,7 +187,7 @@ def multiple_choice(row, entry, rng):
 
 
 def yes_no(row, entry, rng):
-    return [(f"{_question(row, entry)}\n{rng.choice(phrasings.YES_NO)}", _yes_no(_get(row, entry, "answer")))]
+    return _asked(row, entry, rng, phrasings.YES_NO, _yes_no)
 
 
 def captioning(row, entry, rng):

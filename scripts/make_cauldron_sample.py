@@ -64,6 +64,12 @@ def value(role: str, entry, row: int, seed: int):
         return [image(seed * 10 + 1), image(seed * 10 + 2)]
     if role == "question":
         return f"What is the {words(seed, 1)} thing in picture {row} made of?"
+    if role in ("qa", "questions", "answers"):  # all of an image's questions in one row, as the source keeps them
+        asked = [f"What is the {words(seed + k, 1)} value in chart {row}?" for k in range(2)]
+        said = [("no", "yes")[(row + k) % 2] if family == "yes_no" else words(seed + k, 1 + k) for k in range(2)]
+        if role == "qa":
+            return [{"question": q, "answer": a} for q, a in zip(asked, said)]
+        return asked if role == "questions" else said
     if role == "choices":
         return [words(seed + k, 2) for k in range(3 if entry.name == "visual7w" else 4)]
     if role == "explanation":
