@@ -414,3 +414,40 @@ def test_hostile_input(tmp_path, host, name):
         assert not list(output.rglob("*.tmp"))
     if case.check:
         case.check(output)
+
+
+# ---------------------------------------------------------------- exit codes: the same for the same outcome
+
+# Every command: a missing input is exit status 2 with one `error:` line naming it, no traceback, nothing created.
+# (0: done; 1: some shards or checks failed; 2: usage or unreadable input; 3: pending (status) or upload to resume
+# (push); 130: interrupted.) A new command is a new row.
+MISSING_INPUT = {
+    "pipelines.obelics": ["--input", "{missing}", "--output", "{output}"],
+    "pipelines.laion_coco": ["--input", "{missing}", "--output", "{output}"],
+    "pipelines.pdfa": ["--input", "{missing}", "--output", "{output}"],
+    "pipelines.mixture": ["--stage", "1", "--source", "obelics={missing}", "--output", "{output}"],
+    "pipelines.cauldron": ["--source", "{missing}", "--output", "{output}"],
+    "mixtures.validate": ["{missing}"],
+    "pipelines.push": ["{missing}", "--repo-id", "org/name"],
+    "pipelines.status": ["{missing}"],
+    "filters.decontam": ["scan", "--index", "{missing}", "{missing}"],
+    "trainer.train": ["--data", "{missing}", "--output", "{output}"],
+}
+
+
+LEAVES_OUTPUT = pytest.mark.xfail(strict=True, reason="trainer.train creates --output before it checks --data "
+                                                     "(trainer/train.py: the lead's to fix; then drop this mark)")
+
+
+@pytest.mark.parametrize("module", [pytest.param(m, marks=LEAVES_OUTPUT) if m == "trainer.train" else m
+                                    for m in MISSING_INPUT])
+def test_a_missing_input_is_one_line_and_status_2(tmp_path, module):
+    missing, output = tmp_path / "no-such-input", tmp_path / "out"
+    args = [a.format(missing=missing, output=output) for a in MISSING_INPUT[module]]
+    result = run_command(module, *args, env={"HF_TOKEN": HF_TOKEN, "SPAWNING_TOKEN": SPAWNING_TOKEN}, timeout=300)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and "no-such-input" in lines[0], result.stderr
+    assert not output.exists() and sorted(p.name for p in tmp_path.iterdir()) == []
+    assert HF_TOKEN not in result.stdout + result.stderr
