@@ -74,24 +74,36 @@ class UnitSource:
     def units(self) -> int:
         return sum(f.units for f in self.files)
 
-    def open(self) -> UnitSource:
-        """Check the folders and count their units; a UsageError names the folder or file that is not usable."""
+    def check(self) -> UnitSource:
+        """The folders are finished runs with data files (and what else the format needs); writes nothing. A
+        UsageError names the folder that is not usable."""
         for folder in self.folders:
             if not os.path.isdir(folder):
                 raise UsageError(f"source {self.name}: {folder}: no such folder")
             if not os.path.isfile(os.path.join(folder, SUMMARY_FILE)):
                 raise UsageError(f"source {self.name}: {folder}: no {SUMMARY_FILE}: not a finished pipeline run")
-            found = glob.glob(os.path.join(folder, "data", f"*{self.suffix}"))
-            names = sorted(os.path.relpath(p, folder) for p in found)
-            if not names:
+            if not self._names(folder):
                 raise UsageError(f"source {self.name}: {folder}: no data/*{self.suffix} files")
             self._check_folder(folder)
-            self.files += [InputFile(folder, name, self._count(folder, name)) for name in names]
+        return self
+
+    def _names(self, folder: str) -> list[str]:
+        found = glob.glob(os.path.join(folder, "data", f"*{self.suffix}"))
+        return sorted(os.path.relpath(p, folder) for p in found)
+
+    def open(self) -> UnitSource:
+        """Count the (checked) folders' units; a UsageError names a file that cannot be read."""
+        for folder in self.folders:
+            self._prepare(folder)
+            self.files += [InputFile(folder, name, self._count(folder, name)) for name in self._names(folder)]
         if self.units == 0:
             raise UsageError(f"source {self.name}: {', '.join(self.folders)} hold no {self.name} units")
         return self
 
     def _check_folder(self, folder: str) -> None:
+        pass
+
+    def _prepare(self, folder: str) -> None:
         pass
 
     def _count(self, folder: str, name: str) -> int:
@@ -144,16 +156,21 @@ class ParquetUnits(UnitSource):
     columns: tuple[str, ...] = ()
 
     def _check_folder(self, folder: str) -> None:
-        index = self._index(folder)
-        if problem := index.check():
+        images = os.path.join(folder, "images")
+        if not os.path.isdir(images) or not glob.glob(os.path.join(images, "*.tar")):
+            raise UsageError(f"source {self.name}: {folder}: no images/*.tar (the run's `images` step output)")
+
+    def _count(self, folder: str, name: str) -> int:
+        if problem := self._index(folder).check():  # also makes the index's cache folder
             raise UsageError(f"source {self.name}: {folder}: images/: {problem}")
+        return self._count_rows(folder, name)
 
     def _index(self, folder: str) -> Img2DatasetIndex:
         key = hashlib.sha1(os.path.abspath(folder).encode()).hexdigest()[:12]
         return Img2DatasetIndex(os.path.join(folder, "images"), os.path.join(self.cache_dir, "img2dataset", key),
                                 IMAGE_MAX_BYTES)
 
-    def _count(self, folder: str, name: str) -> int:
+    def _count_rows(self, folder: str, name: str) -> int:
         path = os.path.join(folder, name)
         try:
             parquet = pq.ParquetFile(path)
@@ -337,5 +354,10 @@ class PagesUnits(UnitSource):
 FORMATS = {"obelics": ObelicsUnits, "pairs": PairsUnits, "pages": PagesUnits}
 
 
+def check_source(name: str, fmt: str, folders: list[str], cache_dir: str) -> UnitSource:
+    """The source, checked (nothing written); `.open()` counts its units."""
+    return FORMATS[fmt](name, list(folders), cache_dir).check()
+
+
 def open_source(name: str, fmt: str, folders: list[str], cache_dir: str) -> UnitSource:
-    return FORMATS[fmt](name, list(folders), cache_dir).open()
+    return check_source(name, fmt, folders, cache_dir).open()

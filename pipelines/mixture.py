@@ -26,7 +26,7 @@ from filters.shard_files import shard_name
 from mixtures.build import ACCOUNTING, MixtureShardBuilder, Plan, estimate_sample_bytes
 from mixtures.draw import Allocation, UnitOrder, apportion, distinct_units
 from mixtures.layout import MixtureInfo, SourceTarget, write_info
-from mixtures.sources import open_source
+from mixtures.sources import check_source
 from mixtures.spec import StageSpec, load_spec
 from mixtures.tokens import DEFAULT_TOKENIZER, TokenCounter
 from pipelines.cli import default_cache_dir
@@ -111,7 +111,8 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
     spec = load_spec(args.stage)
     folders = source_folders(spec, args.source, args.sources_root)
     cache = args.cache_dir or default_cache_dir(args.output)
-    sources = [open_source(s.name, s.format, folders[s.name], cache) for s in spec.sources]
+    sources = [check_source(s.name, s.format, folders[s.name], cache) for s in spec.sources]  # all, before writing
+    sources = [source.open() for source in sources]
     samples = args.samples or default_samples(spec, [s.units for s in sources])
     counts = apportion(samples, [s.share for s in spec.sources])
     kind, size = args.shard_size
