@@ -77,7 +77,7 @@ def value(role: str, entry, row: int, seed: int):
         return [text] if entry.name == "aokvqa" else text
     if role == "caption":
         text = f"A {words(seed, 3)} scene with a {words(seed + 2, 2)} object in the middle."
-        return [text, "another reference"] if entry.name == "textcaps" else text
+        return [text, "another reference"] if entry.fields["caption"] in ("reference_strs", "captions") else text
     if role in ("text", "code"):
         if entry.style == "tikz":
             return "\\begin{tikzpicture}\\draw (0,0) -- (%d,1);\\end{tikzpicture}" % row
