@@ -134,16 +134,23 @@ def download_sample(key: str, url: str, image: bytes) -> list:
 
 
 def hostile_download(folder: Path) -> list[str]:
-    """An img2dataset download whose tar climbs out, names absolute paths, links outside and holds an HTML page
-    as a `.jpg`; returns the URLs of its samples (the good one first)."""
-    urls = [f"https://img.example/{n}.jpg" for n in ("good", "dotdot", "absolute", "symlink", "hardlink", "html")]
+    """An img2dataset download whose tar climbs out, names absolute paths, links outside, holds an HTML page as a
+    `.jpg`, a JSON sidecar over the 1 MiB cap and one with NaN and negative sizes; returns the URLs of its samples
+    (the good one first)."""
+    names = ("good", "dotdot", "absolute", "symlink", "hardlink", "html", "oversized-json", "nan-sizes")
+    urls = [f"https://img.example/{n}.jpg" for n in names]
+    oversized = json.dumps({"url": urls[6], "status": "success", "padding": " " * (1 << 20)}).encode()
+    odd_sizes = b'{"url": "%s", "status": "success", "width": NaN, "height": -5, "original_width": -1e309}' % (
+        urls[7].encode())
     members = (download_sample("000000000", urls[0], jpeg_bytes((200, 200)))
                + download_sample(f"../../escape-{UNIQUE}", urls[1], jpeg_bytes((200, 200)))
                + download_sample(f"/tmp/absolute-{UNIQUE}", urls[2], jpeg_bytes((200, 200)))
                + [link("000000003.jpg", "/etc/passwd")] + download_sample("000000003", urls[3], b"")[1:]
                + [link("000000004.jpg", "../secret.jpg", tarfile.LNKTYPE)]
                + download_sample("000000004", urls[4], b"")[1:]
-               + download_sample("000000005", urls[5], HTML))
+               + download_sample("000000005", urls[5], HTML)
+               + [("000000006.jpg", jpeg_bytes((200, 200))), ("000000006.json", oversized)]
+               + [("000000007.jpg", jpeg_bytes((200, 200))), ("000000007.json", odd_sizes)])
     write_tar(folder / "00000.tar", members)
     rows = [{"url": u, "key": f"{i:09d}", "status": "success", "error_message": None} for i, u in enumerate(urls)]
     pq.write_table(pa.Table.from_pylist(rows), folder / "00000.parquet")
@@ -327,7 +334,7 @@ def pdfa_zero_bytes(tmp: Path, host: LoopbackHost) -> list[str]:
 CASES = {
     "obelics/img2dataset tar: ../, absolute, links, HTML as .jpg": Case(
         "pipelines.obelics", obelics_hostile_download,
-        removed={"images/no_image_left": 3}, images={"ok": 3, "missing": 2, "not_an_image": 1}),
+        removed={"images/no_image_left": 4}, images={"ok": 4, "missing": 3, "not_an_image": 1}),
     "obelics/download: HTML served as image/jpeg": Case(
         "pipelines.obelics", obelics_html_downloaded, removed={"images/no_image_left": 1},
         images={"ok": 1, "not_an_image": 1}),
@@ -348,7 +355,7 @@ CASES = {
         check=check_good_shard_finished),
     "laion_coco/img2dataset tar: ../, absolute, links, HTML as .jpg": Case(
         "pipelines.laion_coco", pairs_hostile_download,
-        removed={"images/no_image_left": 3}, images={"ok": 3, "missing": 2, "not_an_image": 1}),
+        removed={"images/no_image_left": 4}, images={"ok": 4, "missing": 3, "not_an_image": 1}),
     "pdfa/encrypted, truncated, million-page, HTML PDFs; non-UTF-8 JSON; ../ and absolute names": Case(
         "pipelines.pdfa", pdfa_hostile_pdfs,
         removed={"pages/encrypted": 1, "pages/corrupt": 2, "pages/too_many_pages": 1,
