@@ -172,6 +172,11 @@ class Batch:
     pixels: int = 0  # real (not padding) pixels of the images, for the FLOP count
     skipped: Counter = field(default_factory=Counter)
 
+    def pin_memory(self) -> "Batch":
+        """Called by the DataLoader's pinning thread (on GPU), so that the copy to the device can overlap."""
+        self.tensors = {name: tensor.pin_memory() for name, tensor in self.tensors.items()}
+        return self
+
 
 def collate(renderer: Renderer, examples: list[Example], index: int, position: dict) -> Batch:
     """Render, drop and count bad samples, pad right; images of the batch padded by the image processor (samples

@@ -118,6 +118,7 @@ class TrainConfig:
     warmup_steps: int = 10
     min_lr_ratio: float = 0.1  # cosine decays to this fraction of the peak
     clip_norm: float = 1.0
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% more compute
     adapter: str = "auto"  # lora, dora, none (full training), auto: dora with pretrained backbones, else none
     lora_rank: int = 8
     lora_alpha: int = 8

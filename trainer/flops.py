@@ -23,7 +23,8 @@ class FlopModel:
     patch_size: int
 
     def step_flops(self, sequences: list[int], pixels: int) -> float:
-        """FLOPs of one training step over padded rows of these lengths and images with this many real pixels."""
+        """FLOPs of one training step over rows of these real lengths (padding is not useful work) and images with
+        this many real pixels."""
         tokens = sum(sequences)
         attention = sum(6 * 2 * self.text_layers * self.text_width * n * n for n in sequences)
         return 6 * self.text_params * tokens + attention + 6 * self.vision_params * pixels / self.patch_size ** 2

@@ -43,6 +43,8 @@ def parse_args(argv: list[str] | None) -> tuple[TrainConfig, ModelConfig]:
     parser.add_argument("--model", default="tiny", help="tiny, 1b, idefics2-8b, or a JSON file of ModelConfig fields")
     parser.add_argument("--output", required=True, help="run folder: metrics.jsonl, loss.png, checkpoints/")
     parser.add_argument("--image-splitting", action="store_true", help="4 crops + the image (paper section 2.3)")
+    parser.add_argument("--gradient-checkpointing", action="store_true",
+                        help="recompute activations in the backward pass (less memory, more compute)")
     defaults = TrainConfig()
     for name in ("steps", "batch_size", "grad_accum", "max_length", "warmup_steps", "lora_rank", "lora_alpha",
                  "seed", "length_buffer", "workers", "prefetch", "log_every", "checkpoint_every", "stop_after"):
@@ -203,6 +205,8 @@ def train(train_cfg: TrainConfig, model_cfg: ModelConfig) -> int:
     from_scratch = not (model_cfg.checkpoint or model_cfg.vision or model_cfg.text)
     groups = param_groups(model, kind, from_scratch)
     model.to(device).train()
+    if train_cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if train_cfg.stage == "sft" and train_cfg.neftune_alpha > 0:
         add_neftune(model, train_cfg.neftune_alpha)
     optimizer = torch.optim.AdamW(groups.optimizer_groups(train_cfg), betas=train_cfg.betas)
