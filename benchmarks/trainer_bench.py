@@ -72,8 +72,9 @@ def main() -> int:
     for name, result in (("stream order", plain), (f"grouped by {args.buffer}", grouped)):
         print(f"{name:>14}: padding {result['padding_fraction']:.1%} of positions, "
               f"{result['tokens_per_s']:,.0f} real tokens/s")
+    positions = (1 - plain["padding_fraction"]) / (1 - grouped["padding_fraction"])  # per real token, ratio
     print(f"ratio grouped / stream order: tokens/s {grouped['tokens_per_s'] / plain['tokens_per_s']:.2f}x, "
-          f"padded positions per real token {(1 / (1 - grouped['padding_fraction'])) / (1 / (1 - plain['padding_fraction'])):.2f}x")
+          f"padded positions per real token {positions:.2f}x")
     return 0
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import random
-import shutil
 import tarfile
 from pathlib import Path
 
@@ -18,8 +17,8 @@ from PIL import Image
 from mixtures.layout import MixtureInfo, Sample, SourceTarget, add_sample
 from tests.conftest import run_command
 from trainer.collate import IGNORE, BadSample, Example, Renderer, collate
-from trainer.config import TrainConfig, tiny_model
-from trainer.data import START, StreamSpec, batches
+from trainer.config import tiny_model
+from trainer.data import StreamSpec, batches
 from trainer.model import build_processor
 
 WORDS = "the a cat dog sat on mat red blue green house tree sky big small runs jumps over under".split()
@@ -341,7 +340,8 @@ def test_adapters_on_pretrained_backbones(tmp_path):
     mistral = MistralForCausalLM.from_pretrained(tmp_path / "text").state_dict()
     assert torch.equal(model.model.vision_model.encoder.layers[0].self_attn.q_proj.weight,
                        siglip["encoder.layers.0.self_attn.q_proj.weight"])
-    assert torch.equal(model.model.text_model.layers[0].mlp.up_proj.weight, mistral["model.layers.0.mlp.up_proj.weight"])
+    assert torch.equal(model.model.text_model.layers[0].mlp.up_proj.weight,
+                       mistral["model.layers.0.mlp.up_proj.weight"])
 
 
 def test_trains_on_the_real_builders_outputs(tmp_path):

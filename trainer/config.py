@@ -93,9 +93,11 @@ def load_model_config(value: str) -> ModelConfig:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as err:
         raise ConfigError(f"--model {value}: cannot read JSON ({err})") from None
-    known = {f.name for f in fields(ModelConfig)}
-    if not isinstance(data, dict) or set(data) - known:
-        raise ConfigError(f"--model {value}: unknown fields {sorted(set(data) - known) if isinstance(data, dict) else data!r}")
+    if not isinstance(data, dict):
+        raise ConfigError(f"--model {value}: not a JSON object of ModelConfig fields")
+    unknown = set(data) - {f.name for f in fields(ModelConfig)}
+    if unknown:
+        raise ConfigError(f"--model {value}: unknown fields {sorted(unknown)}")
     return ModelConfig(**data)
 
 

@@ -65,7 +65,8 @@ def _files_of(path: str) -> list[DataFile]:
             kind, pattern = info["kind"], info["files"]
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise ConfigError(f"--data {path}: unreadable {MIXTURE_FILE} ({err})") from None
-        if kind not in ("pretrain", "sft") or not isinstance(pattern, str) or ".." in pattern or pattern.startswith("/"):
+        outside = not isinstance(pattern, str) or ".." in pattern or pattern.startswith("/")
+        if kind not in ("pretrain", "sft") or outside:
             raise ConfigError(f"--data {path}: {MIXTURE_FILE} has kind {kind!r}, files {pattern!r}")
         return [DataFile(f, kind) for f in sorted(glob.glob(str(root / pattern)))]
     tars = sorted(str(p) for p in root.rglob("*.tar"))

@@ -37,7 +37,8 @@ METRICS, RUN, CHECKPOINTS = "metrics.jsonl", "run.json", "checkpoints"
 
 def parse_args(argv: list[str] | None) -> tuple[TrainConfig, ModelConfig]:
     parser = argparse.ArgumentParser(prog="python -m trainer.train", description=__doc__.split("\n")[0])
-    parser.add_argument("--data", required=True, help="mixture folders, Cauldron subset folders or files, comma-separated")
+    parser.add_argument("--data", required=True,
+                        help="mixture folders, Cauldron subset folders or files, comma-separated")
     parser.add_argument("--stage", choices=["pretrain", "sft"], default="pretrain",
                         help="pretrain: loss on every text token; sft: on the assistant answers only")
     parser.add_argument("--model", default="tiny", help="tiny, 1b, idefics2-8b, or a JSON file of ModelConfig fields")
@@ -94,7 +95,7 @@ def all_sum(values: list[float], world: int, device) -> list[float]:
     return tensor.tolist()
 
 
-def check_run_folder(output: Path, identity: dict, rank: int) -> None:
+def check_run_folder(output: Path, identity: dict, rank: int, write: bool) -> None:
     """An output folder holds one configuration: a resume with another is refused, naming what changed."""
     run = output / RUN
     if run.is_file():
@@ -103,7 +104,7 @@ def check_run_folder(output: Path, identity: dict, rank: int) -> None:
         if changed:
             raise ConfigError(f"--output {output}: holds a run with other settings ({', '.join(changed)}); "
                               "use a new folder")
-    elif rank == 0:
+    elif write and rank == 0:
         output.mkdir(parents=True, exist_ok=True)
         run.write_text(json.dumps(identity, indent=1, sort_keys=True))
 
@@ -147,7 +148,7 @@ def latest_checkpoint(output: Path) -> Path | None:
 
 
 def truncate_metrics(output: Path, step: int) -> None:
-    """Lines logged after the checkpoint we resume from are dropped: they are about to be logged again."""
+    """Keep the lines of steps up to `step` (a crashed run's later lines would otherwise be logged twice)."""
     path = output / METRICS
     if path.is_file():
         lines = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
@@ -181,29 +182,27 @@ def step_loss(model, batch, device, autocast, total_learned: float, world: int) 
     return summed * world / max(total_learned, 1.0), summed.item()
 
 
-def train(train_cfg: TrainConfig, model_cfg: ModelConfig) -> int:
-    from datatrove.utils.logging import logger
-
-    rank, world, device = setup_distributed()
-    output = Path(train_cfg.output)
-    identity = {**train_cfg.identity(), **{f"model.{k}": v for k, v in asdict(model_cfg).items()}}
-    check_run_folder(output, identity, rank)
+def check_data(train_cfg: TrainConfig):
     files = find_files(train_cfg.data)
     wrong = [f.path for f in files if f.kind != train_cfg.stage]
     if wrong:
         raise ConfigError(f"--data {wrong[0]}: {'SFT' if train_cfg.stage == 'pretrain' else 'pretraining'} data, "
                           f"but --stage {train_cfg.stage}")
+    return files
 
+
+def build_training(train_cfg: TrainConfig, model_cfg: ModelConfig, device):
+    """The processor, the model with its adapters on `device`, AdamW with its two learning rates, the schedule."""
     torch.manual_seed(train_cfg.seed)  # same initial weights on every rank and on every resume
-    dtype = torch.bfloat16 if device.type == "cuda" and (model_cfg.checkpoint or model_cfg.text) else torch.float32
+    pretrained = model_cfg.checkpoint or model_cfg.vision or model_cfg.text
+    dtype = torch.bfloat16 if device.type == "cuda" and pretrained else torch.float32  # frozen weights in bf16
     processor = build_processor(model_cfg)
     model = build_model(model_cfg, processor, dtype)
     kind = adapter_kind(model_cfg, train_cfg)
-    new_tokens = [t for t in processor.tokenizer.convert_tokens_to_ids(
-        [processor.fake_image_token, processor.image_token, str(processor.end_of_utterance_token)])]
-    model = add_adapters(model, kind, train_cfg, new_tokens if not model_cfg.checkpoint else [])
-    from_scratch = not (model_cfg.checkpoint or model_cfg.vision or model_cfg.text)
-    groups = param_groups(model, kind, from_scratch)
+    new_tokens = processor.tokenizer.convert_tokens_to_ids(
+        [processor.fake_image_token, processor.image_token, str(processor.end_of_utterance_token)])
+    model = add_adapters(model, kind, train_cfg, [] if model_cfg.checkpoint else new_tokens)
+    groups = param_groups(model, kind, from_scratch=not pretrained)
     model.to(device).train()
     if train_cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -211,29 +210,78 @@ def train(train_cfg: TrainConfig, model_cfg: ModelConfig) -> int:
         add_neftune(model, train_cfg.neftune_alpha)
     optimizer = torch.optim.AdamW(groups.optimizer_groups(train_cfg), betas=train_cfg.betas)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, train_cfg))
-    flops, peak = flop_model(model), (peak_flops(torch.cuda.get_device_name(device), train_cfg.peak_tflops)
-                                      if device.type == "cuda" else None)
+    return processor, model, optimizer, scheduler
 
-    step, position, skipped = 0, dict(START), Counter()
+
+def restore(output: Path, model, optimizer, scheduler, rank: int, world: int, device) -> tuple[int, dict, Counter]:
+    """(step, data position, skipped counts) from the newest checkpoint, every state restored; a fresh start
+    without one. Metrics logged after that step are dropped (they are about to be logged again)."""
     checkpoint = latest_checkpoint(output)
-    if checkpoint:
-        state = torch.load(checkpoint, weights_only=False, map_location="cpu")
-        if len(state["ranks"]) != world:
-            raise ConfigError(f"--output {output}: checkpoint of {len(state['ranks'])} ranks, running {world}")
-        missing = set(trainable_state(model)) - set(state["model"])
-        if missing:
-            raise ConfigError(f"--output {output}: checkpoint lacks {sorted(missing)[:3]}")
-        model.load_state_dict(state["model"], strict=False)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        mine = state["ranks"][rank]
-        position, step, skipped = mine["data"], state["step"], Counter(mine["skipped"])
-        torch.set_rng_state(mine["torch"])
-        if "cuda" in mine:
-            torch.cuda.set_rng_state(mine["cuda"], device)
-        if rank == 0:
-            truncate_metrics(output, step)
-            logger.info(f"resuming from {checkpoint} at step {step}")
+    state = torch.load(checkpoint, weights_only=True, map_location="cpu") if checkpoint else None  # no pickled code
+    if rank == 0:
+        truncate_metrics(output, state["step"] if state else 0)
+    if state is None:
+        return 0, dict(START), Counter()
+    if len(state["ranks"]) != world:
+        raise ConfigError(f"--output {output}: checkpoint of {len(state['ranks'])} ranks, running {world}")
+    missing = set(trainable_state(model)) - set(state["model"])
+    if missing:
+        raise ConfigError(f"--output {output}: checkpoint lacks {sorted(missing)[:3]}")
+    model.load_state_dict(state["model"], strict=False)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    mine = state["ranks"][rank]
+    torch.set_rng_state(mine["torch"])
+    if "cuda" in mine:
+        torch.cuda.set_rng_state(mine["cuda"], device)
+    from datatrove.utils.logging import logger
+
+    logger.info(f"resuming from {checkpoint} at step {state['step']}")
+    return state["step"], mine["data"], Counter(mine["skipped"])
+
+
+def next_batches(batches, count: int, world: int, device, skipped: Counter) -> tuple[list, dict, float]:
+    """A step's `count` batches, the data position after them, and the seconds spent waiting for them. A batch
+    left empty on any rank (every sample bad) is dropped on all ranks alike, so DDP stays in step."""
+    micro, waited, position, empty_in_a_row = [], 0.0, None, 0
+    while len(micro) < count:
+        before = time.perf_counter()
+        batch = next(batches)
+        waited += time.perf_counter() - before
+        skipped.update(batch.skipped)
+        position = batch.position
+        if all_sum([float(not batch.tensors)], world, device)[0] == 0:
+            micro.append(batch)
+            empty_in_a_row = 0
+        else:
+            empty_in_a_row += 1
+            if empty_in_a_row >= 100:
+                raise ConfigError(f"--data: 100 batches in a row without a usable sample ({dict(skipped)})")
+    return micro, position, waited
+
+
+def metrics_row(step: int, lr: float, totals: list[float], learned: float, elapsed: float, world: int,
+                peak: float | None) -> dict:
+    loss, tokens, padded, images, waited, flops = totals
+    row = {"step": step, "loss": loss / max(learned, 1.0), "lr": lr, "tokens_per_s": tokens / elapsed,
+           "images_per_s": images / elapsed, "padding_fraction": 1 - tokens / padded,
+           "data_wait_fraction": waited / world / elapsed}
+    if peak:
+        row["mfu"] = flops / elapsed / (peak * world)
+    return row
+
+
+def train(train_cfg: TrainConfig, model_cfg: ModelConfig) -> int:
+    from datatrove.utils.logging import logger
+
+    rank, world, device = setup_distributed()
+    output = Path(train_cfg.output)
+    identity = {**train_cfg.identity(), **{f"model.{k}": v for k, v in asdict(model_cfg).items()}}
+    check_run_folder(output, identity, rank, write=False)
+    files = check_data(train_cfg)
+    processor, model, optimizer, scheduler = build_training(train_cfg, model_cfg, device)
+    check_run_folder(output, identity, rank, write=True)  # once everything checked out
+    step, position, skipped = restore(output, model, optimizer, scheduler, rank, world, device)
 
     renderer = Renderer(processor, train_cfg.max_length, answers_only=train_cfg.stage == "sft")
     spec = StreamSpec(files, train_cfg.batch_size, train_cfg.length_buffer, renderer.image_tokens,
@@ -244,37 +292,24 @@ def train(train_cfg: TrainConfig, model_cfg: ModelConfig) -> int:
         collate_fn=lambda batch: batch, generator=torch.Generator().manual_seed(train_cfg.seed))
     # (its own generator: drawing worker seeds from the global one would shift the restored RNG on resume)
     batches = iter(loader)
-    if world > 1:
+    flops = flop_model(model)
+    peak = peak_flops(torch.cuda.get_device_name(device), train_cfg.peak_tflops) if device.type == "cuda" else None
+    if world > 1:  # unused parameters: the vision side in a batch without images
         model = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
     trainable = [p for p in model.parameters() if p.requires_grad]
     metrics = open(output / METRICS, "a") if rank == 0 else None
     stop = train_cfg.steps if train_cfg.stop_after is None else min(train_cfg.steps, step + train_cfg.stop_after)
-    empty_in_a_row = 0
 
     while step < stop:
-        started, waited = time.perf_counter(), 0.0
-        micro = []
-        while len(micro) < train_cfg.grad_accum:  # a step's batches; one that is empty on any rank is dropped
-            before = time.perf_counter()
-            batch = next(batches)
-            waited += time.perf_counter() - before
-            skipped.update(batch.skipped)
-            position = batch.position
-            if all_sum([float(not batch.tensors)], world, device)[0] == 0:
-                micro.append(batch)
-                empty_in_a_row = 0
-            else:
-                empty_in_a_row += 1
-                if empty_in_a_row >= 100:
-                    raise ConfigError(f"--data: 100 batches in a row without a usable sample ({dict(skipped)})")
-        learned = sum(int((b.tensors["labels"][:, 1:] != IGNORE).sum()) for b in micro)
-        total_learned, = all_sum([float(learned)], world, device)
+        started = time.perf_counter()
+        micro, position, waited = next_batches(batches, train_cfg.grad_accum, world, device, skipped)
+        learned, = all_sum([float(sum(int((b.tensors["labels"][:, 1:] != IGNORE).sum()) for b in micro))],
+                           world, device)
         loss_sum = 0.0
         for number, batch in enumerate(micro):
-            sync = model.no_sync() if world > 1 and number < len(micro) - 1 else nullcontext()
-            with sync:
-                loss, summed = step_loss(model, batch, device, autocast, total_learned, world)
+            with model.no_sync() if world > 1 and number < len(micro) - 1 else nullcontext():
+                loss, summed = step_loss(model, batch, device, autocast, learned, world)
                 loss.backward()
             loss_sum += summed
         torch.nn.utils.clip_grad_norm_(trainable, train_cfg.clip_norm)
@@ -288,14 +323,10 @@ def train(train_cfg: TrainConfig, model_cfg: ModelConfig) -> int:
         elapsed = time.perf_counter() - started
         lengths = [int(n) for b in micro for n in b.tensors["attention_mask"].sum(1)]
         totals = all_sum([loss_sum, sum(b.tokens for b in micro), sum(b.padded for b in micro),
-                          sum(b.images for b in micro), waited, flops.step_flops(lengths, sum(b.pixels for b in micro))],
-                         world, device)
+                          sum(b.images for b in micro), waited,
+                          flops.step_flops(lengths, sum(b.pixels for b in micro))], world, device)
         if rank == 0 and (step % train_cfg.log_every == 0 or step == stop):
-            row = {"step": step, "loss": totals[0] / max(total_learned, 1.0), "lr": lr,
-                   "tokens_per_s": totals[1] / elapsed, "images_per_s": totals[3] / elapsed,
-                   "padding_fraction": 1 - totals[1] / totals[2], "data_wait_fraction": totals[4] / world / elapsed}
-            if peak:
-                row["mfu"] = totals[5] / elapsed / (peak * world)
+            row = metrics_row(step, lr, totals, learned, elapsed, world, peak)
             metrics.write(json.dumps(row) + "\n")
             metrics.flush()
             logger.info(" ".join(f"{k}={v:.4g}" for k, v in row.items()))
