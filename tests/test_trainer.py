@@ -252,8 +252,8 @@ def test_resume_matches_the_uninterrupted_run_exactly(tmp_path):
 
 
 def test_every_format_loads_and_trains(tmp_path):
-    """A pretraining mixture, an SFT mixture, a Cauldron subset folder and a bare .tar; a hostile tar member and a
-    truncated tar are counted in skipped.json, the samples before the cut still train."""
+    """A pretraining mixture, an SFT mixture, a Cauldron subset folder and a bare .tar; a hostile tar member, a
+    truncated tar and rows missing an image's bytes or an answer are counted in skipped.json, the rest trains."""
     pretrain = write_pretrain(tmp_path / "stage1", samples=10)
     with tarfile.open(pretrain / "data" / "00000.tar", "a") as tar:  # a member outside the layout
         info = tarfile.TarInfo("evil.exe")
@@ -264,7 +264,9 @@ def test_every_format_loads_and_trains(tmp_path):
     sft = write_sft(tmp_path / "sft", rows=8)
     cauldron = tmp_path / "cauldron" / "vqav2"
     cauldron.mkdir(parents=True)
-    table = pa.Table.from_pylist(sft_rows(6, seed=1), schema=SFT_SCHEMA).select(["images", "texts"])
+    rows = sft_rows(6, seed=1) + [{"images": [{"bytes": None, "path": "lost.jpg"}], "texts": sft_rows(1)[0]["texts"]},
+                                  {"images": [], "texts": [{"user": "q", "assistant": None, "source": "x"}]}]
+    table = pa.Table.from_pylist(rows, schema=SFT_SCHEMA).select(["images", "texts"])
     pq.write_table(table, cauldron / "train-00000-of-00001.parquet")
     bare = write_pretrain(tmp_path / "other", samples=4, shards=1) / "data" / "00000.tar"
     common = ["--model", "tiny", "--steps", "3", "--batch-size", "4", "--length-buffer", "8", "--workers", "0"]
@@ -273,6 +275,7 @@ def test_every_format_loads_and_trains(tmp_path):
     skipped = json.loads((tmp_path / "p" / "skipped.json").read_text())
     assert skipped.get("unknown_member", 0) >= 1 and skipped.get("unreadable_file", 0) >= 1  # once an epoch
     assert len(metrics(tmp_path / "p")) == 6 and len(metrics(tmp_path / "s")) == 3
+    assert json.loads((tmp_path / "s" / "skipped.json").read_text()) == {"bad_row": 2}  # image without bytes, null
 
 
 
@@ -375,3 +378,26 @@ def test_trains_on_the_real_builders_outputs(tmp_path):
           "--output", str(tmp_path / "s"))
     for run in ("p", "s"):
         assert len(metrics(tmp_path / run)) == 2 and json.loads((tmp_path / run / "skipped.json").read_text()) == {}
+
+
+def test_fine_tunes_a_saved_idefics2_checkpoint(tmp_path):
+    """`checkpoint` in a model JSON: a saved Idefics2 and its processor load (as a released one from the Hub
+    would) and train with LoRA; the same run with 0 and 2 DataLoader workers gives the same losses."""
+    from trainer.model import build_model
+
+    torch.manual_seed(0)
+    cfg = tiny_model()
+    processor = build_processor(cfg)
+    build_model(cfg, processor, torch.float32).save_pretrained(tmp_path / "idefics2")
+    processor.save_pretrained(tmp_path / "idefics2")
+    config = {"name": "saved", "checkpoint": str(tmp_path / "idefics2"), "image_longest_edge": 56,
+              "image_shortest_edge": 28}
+    (tmp_path / "model.json").write_text(json.dumps(config))
+    data = write_sft(tmp_path / "sft", rows=12)
+    common = ["--data", str(data), "--stage", "sft", "--model", str(tmp_path / "model.json"), "--steps", "3",
+              "--batch-size", "3", "--length-buffer", "6", "--adapter", "lora"]
+    train(*common, "--workers", "0", "--output", str(tmp_path / "w0"))
+    train(*common, "--workers", "2", "--output", str(tmp_path / "w2"))
+    assert [r["loss"] for r in metrics(tmp_path / "w0")] == [r["loss"] for r in metrics(tmp_path / "w2")]
+    names = set(torch.load(tmp_path / "w0" / "checkpoints" / "step_0000003.pt", weights_only=True)["model"])
+    assert any("lora_A" in n for n in names) and not any("trainable_tokens" in n for n in names)
