@@ -285,6 +285,7 @@ def test_every_format_loads_and_trains(tmp_path):
     (["--data", "{tmp}/nope"], "nope: no such file or folder"),
     (["--data", "{pretrain}", "--model", "huge"], "--model huge: not a preset"),
     (["--data", "{pretrain}", "--batch-size", "0"], "--batch-size must be at least 1"),
+    (["--stage", "sft", "--data", "{tmp}"], "holds the mixture"),
 ])
 def test_bad_flags_give_one_line(tmp_path, capsys, flags, message):
     from trainer.train import main

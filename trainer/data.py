@@ -69,6 +69,9 @@ def _files_of(path: str) -> list[DataFile]:
         if kind not in ("pretrain", "sft") or outside:
             raise ConfigError(f"--data {path}: {MIXTURE_FILE} has kind {kind!r}, files {pattern!r}")
         return [DataFile(f, kind) for f in sorted(glob.glob(str(root / pattern)))]
+    inner = sorted(p.parent for p in root.rglob(MIXTURE_FILE))
+    if inner:  # e.g. the Cauldron's output: its subsets and the SFT mixture drawn from them (the same rows twice)
+        raise ConfigError(f"--data {path}: holds the mixture {inner[0]}; name it, or the subset folders, instead")
     tars = sorted(str(p) for p in root.rglob("*.tar"))
     parquets = sorted(str(p) for p in root.rglob("*.parquet") if "removed" not in p.relative_to(root).parts)
     return [DataFile(f, "pretrain") for f in tars] + [DataFile(f, "sft") for f in parquets]
