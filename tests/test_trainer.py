@@ -286,12 +286,14 @@ def test_every_format_loads_and_trains(tmp_path):
     (["--data", "{pretrain}", "--model", "huge"], "--model huge: not a preset"),
     (["--data", "{pretrain}", "--batch-size", "0"], "--batch-size must be at least 1"),
     (["--stage", "sft", "--data", "{tmp}"], "holds the mixture"),
+    (["--data", "{empty}", "--workers", "2"], "found no samples"),  # raised in a loader worker
 ])
 def test_bad_flags_give_one_line(tmp_path, capsys, flags, message):
     from trainer.train import main
 
     paths = {"sft": write_sft(tmp_path / "sft", rows=2), "pretrain": write_pretrain(tmp_path / "mix", samples=2),
-             "tmp": tmp_path}
+             "tmp": tmp_path, "empty": tmp_path / "empty.tar"}
+    tarfile.open(tmp_path / "empty.tar", "w").close()
     flags = [flag.format(**paths) for flag in flags]
     assert main([*flags, "--output", str(tmp_path / "run")]) == 2
     error = capsys.readouterr().err

@@ -351,8 +351,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         train_cfg, model_cfg = parse_args(argv)
         return train(train_cfg, model_cfg)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
+    except ConfigError as err:  # from a DataLoader worker it arrives with the worker's traceback: keep its last line
+        print(f"error: {str(err).strip().splitlines()[-1].split('ConfigError: ', 1)[-1]}", file=sys.stderr)
         return 2
 
 
