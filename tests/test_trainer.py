@@ -404,3 +404,27 @@ def test_fine_tunes_a_saved_idefics2_checkpoint(tmp_path):
     assert [r["loss"] for r in metrics(tmp_path / "w0")] == [r["loss"] for r in metrics(tmp_path / "w2")]
     names = set(torch.load(tmp_path / "w0" / "checkpoints" / "step_0000003.pt", weights_only=True)["model"])
     assert any("lora_A" in n for n in names) and not any("trainable_tokens" in n for n in names)
+
+
+def test_neftune_noise_and_schedule():
+    """NEFTune: uniform noise within alpha / sqrt(L * d) in training, none in eval. Schedule: linear warmup to the
+    peak, cosine down to min_lr_ratio at the last step."""
+    from trainer.config import TrainConfig
+    from trainer.model import add_neftune
+    from trainer.train import lr_factor
+
+    embedding = torch.nn.Embedding(10, 8)
+    owner = torch.nn.Module()
+    owner.embed = embedding
+    owner.get_input_embeddings = lambda: embedding
+    add_neftune(owner, alpha=5.0)
+    ids = torch.arange(6).view(1, 6)
+    clean = embedding.weight[ids].detach()
+    noise = embedding(ids).detach() - clean
+    assert 0 < noise.abs().max() <= 5.0 / (6 * 8) ** 0.5
+    embedding.eval()
+    assert torch.equal(embedding(ids).detach(), clean)
+    cfg = TrainConfig(steps=100, warmup_steps=10, min_lr_ratio=0.1)
+    assert lr_factor(0, cfg) == 0.1 and lr_factor(9, cfg) == 1.0
+    assert lr_factor(10, cfg) == 1.0 and abs(lr_factor(100, cfg) - 0.1) < 1e-12
+    assert all(lr_factor(s, cfg) >= lr_factor(s + 1, cfg) for s in range(10, 100))
