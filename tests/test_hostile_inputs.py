@@ -442,12 +442,7 @@ MISSING_INPUT = {
 }
 
 
-LEAVES_OUTPUT = pytest.mark.xfail(strict=True, reason="trainer.train creates --output before it checks --data "
-                                                     "(trainer/train.py: the lead's to fix; then drop this mark)")
-
-
-@pytest.mark.parametrize("module", [pytest.param(m, marks=LEAVES_OUTPUT) if m == "trainer.train" else m
-                                    for m in MISSING_INPUT])
+@pytest.mark.parametrize("module", list(MISSING_INPUT))
 def test_a_missing_input_is_one_line_and_status_2(tmp_path, module):
     missing, output = tmp_path / "no-such-input", tmp_path / "out"
     args = [a.format(missing=missing, output=output) for a in MISSING_INPUT[module]]
