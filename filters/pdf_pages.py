@@ -49,7 +49,9 @@ def load_problem(pdf: bytes) -> str:
 
 
 def count_pages(pdf: bytes) -> int | str:
-    """The PDF's page count, or why it cannot be opened. PDFium reads the xref and the page tree only."""
+    """The PDF's page count, or why it cannot be opened. PDFium reads the xref and the page tree only, and takes
+    the tree's `/Count` on trust: a page tree that declares pages it does not have (its last page will not load)
+    is `corrupt`, not thousands of page records made from a few hundred bytes."""
     import pypdfium2 as pdfium
 
     try:
@@ -57,7 +59,12 @@ def count_pages(pdf: bytes) -> int | str:
     except pdfium.PdfiumError:
         return load_problem(pdf)
     try:
-        return len(document)
+        pages = len(document)
+        if pages:
+            document[pages - 1].close()
+        return pages
+    except pdfium.PdfiumError:
+        return "corrupt"
     finally:
         document.close()
 
