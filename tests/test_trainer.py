@@ -287,6 +287,7 @@ def test_every_format_loads_and_trains(tmp_path):
     (["--data", "{pretrain}", "--batch-size", "0"], "--batch-size must be at least 1"),
     (["--stage", "sft", "--data", "{tmp}"], "holds the mixture"),
     (["--data", "{empty}", "--workers", "2"], "found no samples"),  # raised in a loader worker
+    (["--data", "{pretrain}", "--model", "{tmp}/model.json"], "cannot load its weights or tokenizer"),
 ])
 def test_bad_flags_give_one_line(tmp_path, capsys, flags, message):
     from trainer.train import main
@@ -294,6 +295,7 @@ def test_bad_flags_give_one_line(tmp_path, capsys, flags, message):
     paths = {"sft": write_sft(tmp_path / "sft", rows=2), "pretrain": write_pretrain(tmp_path / "mix", samples=2),
              "tmp": tmp_path, "empty": tmp_path / "empty.tar"}
     tarfile.open(tmp_path / "empty.tar", "w").close()
+    (tmp_path / "model.json").write_text(json.dumps({"name": "gone", "vision": str(tmp_path / "no-such-model")}))
     flags = [flag.format(**paths) for flag in flags]
     assert main([*flags, "--output", str(tmp_path / "run")]) == 2
     error = capsys.readouterr().err

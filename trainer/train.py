@@ -196,8 +196,12 @@ def build_training(train_cfg: TrainConfig, model_cfg: ModelConfig, device):
     torch.manual_seed(train_cfg.seed)  # same initial weights on every rank and on every resume
     pretrained = model_cfg.checkpoint or model_cfg.vision or model_cfg.text
     dtype = torch.bfloat16 if device.type == "cuda" and pretrained else torch.float32  # frozen weights in bf16
-    processor = build_processor(model_cfg)
-    model = build_model(model_cfg, processor, dtype)
+    try:
+        processor = build_processor(model_cfg)
+        model = build_model(model_cfg, processor, dtype)
+    except OSError as err:  # transformers' "not found / cannot connect" (a Hub id offline, a wrong folder)
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"--model {model_cfg.name}: cannot load its weights or tokenizer ({first})") from None
     kind = adapter_kind(model_cfg, train_cfg)
     new_tokens = processor.tokenizer.convert_tokens_to_ids(
         [processor.fake_image_token, processor.image_token, str(processor.end_of_utterance_token)])
