@@ -5,8 +5,10 @@ from the shipped img2dataset download, perplexity with the top 5% of the run rem
 shipped tiny models), the LAION-COCO pipeline over the sample pairs (opt-outs, the same img2dataset join, decoded
 sizes under 150 px, the paper's 7% NSFW cut on `punsafe`), and the PDF pages pipeline over a PDFA and an OCR-IDL
 sample (rendering, text, the language step on IDL with a tiny fastText model), each decontaminated against a small
-evaluation set that shares altered images and question+answer pairs with the samples. Each issue that lands adds
-its part here.
+evaluation set that shares altered images and question+answer pairs with the samples. Then, from those outputs: the
+stage 1 and stage 2 pretraining mixtures (webdataset), validated with an HTML report and staged for the Hub as a
+dry run; The Cauldron rebuilt from its sample sources with its SFT mixture; and the tiny Idefics2 trained a few
+steps on the stage 1 mixture and on the SFT mixture, with the loss going down.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import tempfile
 from importlib import resources
 
 from filters.decontam import __main__ as decontam_cli
-from pipelines import cli, laion_coco, obelics, pdfa
+from mixtures import validate
+from pipelines import cauldron, cli, laion_coco, mixture, obelics, pdfa, push
 
 
 def sample_path(*parts: str) -> str:
@@ -55,9 +58,57 @@ def main(argv: list[str] | None = None) -> int:
         status = cli.main(spec, [*flags, "--output", f"{output}/{name}", "--decontam-index", index, *workers])
         if status:
             return status
-    print(f"demo: done; in each of {output}/{{obelics,laion_coco,pdfa,idl}}: kept data in data/, removed ones with "
-          f"their reasons in removed/, counts in summary.json; status with python -m pipelines.status FOLDER")
+    status = recipe_after_pipelines(output, index, workers)
+    if status:
+        return status
+    print(f"demo: done in {output}:\n"
+          f"  obelics/ laion_coco/ pdfa/ idl/  kept data in data/, removed ones with their reasons in removed/, "
+          f"counts in summary.json (python -m pipelines.status FOLDER)\n"
+          f"  stage1/ stage2/  the pretraining mixtures; open stage1-report.html and stage2-report.html in a browser\n"
+          f"  stage2-hub/  what python -m pipelines.push would upload, dataset card included\n"
+          f"  cauldron/  one folder per subset, decontam_report.md, sft/ (report: sft-report.html)\n"
+          f"  train-stage1/ train-sft/  metrics.jsonl and loss.png of the tiny model's training")
     return 0
+
+
+def recipe_after_pipelines(output: str, index: str, workers: list[str]) -> int:
+    """Mixtures, their reports, The Cauldron and the trainer, from the pipelines' outputs in `output`."""
+    tokenizer = ["--tokenizer", sample_path("models", "tiny-falcon")]
+    steps = [
+        ("stage 1 mixture", mixture.main, ["--stage", "1", "--sources-root", output, "--output", f"{output}/stage1",
+                                           "--samples", "200", "--shard-size", "100", *tokenizer, *workers]),
+        ("stage 2 mixture", mixture.main, ["--stage", "2", "--sources-root", output, "--output", f"{output}/stage2",
+                                           "--samples", "200", "--shard-size", "100", *tokenizer, *workers]),
+        ("validate stage 1", validate.main, [f"{output}/stage1", "--html", f"{output}/stage1-report.html",
+                                             "--plot", f"{output}/stage1-shares.png"]),
+        ("validate stage 2", validate.main, [f"{output}/stage2", "--html", f"{output}/stage2-report.html",
+                                             "--plot", f"{output}/stage2-shares.png"]),
+        ("stage 2 as it would be pushed to the Hub (dry run)", push.main, [
+            f"{output}/stage2", "--repo-id", "demo/idefics2-stage2", "--dry-run", f"{output}/stage2-hub"]),
+        ("The Cauldron from its sample sources, with its SFT mixture", cauldron.main, [
+            "--source", sample_path("cauldron", "sources"), "--output", f"{output}/cauldron", "--decontam-index",
+            index, *tokenizer, "--sft-tokens", "20000", *workers]),
+        ("validate the SFT mixture against Table 14", validate.main, [
+            f"{output}/cauldron/sft", "--tolerance", "0.5", "--html", f"{output}/sft-report.html"]),
+        ("train the tiny Idefics2 on the stage 1 mixture", train_main, [
+            "--data", f"{output}/stage1", "--stage", "pretrain", "--model", "tiny", "--steps", "30",
+            "--output", f"{output}/train-stage1"]),
+        ("train the tiny Idefics2 on the SFT mixture", train_main, [
+            "--data", f"{output}/cauldron/sft", "--stage", "sft", "--model", "tiny", "--steps", "30",
+            "--output", f"{output}/train-sft"]),
+    ]
+    for title, command, argv in steps:
+        print(f"demo: {title}", file=sys.stderr)
+        status = command(argv)
+        if status:
+            return status
+    return 0
+
+
+def train_main(argv: list[str]) -> int:
+    from trainer import train  # torch and transformers: imported only when the demo gets here
+
+    return train.main(argv)
 
 
 if __name__ == "__main__":
