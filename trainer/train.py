@@ -35,6 +35,31 @@ from trainer.model import (add_adapters, add_neftune, adapter_kind, build_model,
 METRICS, RUN, CHECKPOINTS = "metrics.jsonl", "run.json", "checkpoints"
 
 
+FLAGS = [  # (TrainConfig field, type, help); defaults and their sources are in trainer.config
+    ("steps", int, "optimizer steps in the whole run"),
+    ("batch_size", int, "samples per batch per rank"),
+    ("grad_accum", int, "batches per optimizer step"),
+    ("max_length", int, "tokens per sample, image tokens included; longer samples are counted and skipped"),
+    ("lr_new", float, "peak learning rate of the new parameters (the connector; all of a model built from scratch)"),
+    ("lr_adapted", float, "peak learning rate of the adapters and other adapted parameters"),
+    ("warmup_steps", int, "linear warmup steps, then cosine decay"),
+    ("min_lr_ratio", float, "the cosine ends at this fraction of the peak"),
+    ("weight_decay", float, "AdamW weight decay of matrices"),
+    ("clip_norm", float, "gradient norm clipping"),
+    ("lora_rank", int, "LoRA/DoRA rank"),
+    ("lora_alpha", int, "LoRA/DoRA alpha"),
+    ("neftune_alpha", float, "NEFTune noise in SFT (0: off)"),
+    ("seed", int, "seed of the weights' initialisation and the data order"),
+    ("length_buffer", int, "samples sorted by length at a time to form batches (the batch size: no grouping)"),
+    ("workers", int, "DataLoader worker processes that decode and collate"),
+    ("prefetch", int, "batches each worker prepares ahead"),
+    ("log_every", int, "steps between metrics.jsonl lines"),
+    ("checkpoint_every", int, "steps between checkpoints (the last step is always saved)"),
+    ("stop_after", int, "stop after this many steps of this run; run the command again to resume"),
+    ("peak_tflops", float, "the accelerator's dense bf16 TFLOP/s for MFU (guessed from the GPU name)"),
+]
+
+
 def parse_args(argv: list[str] | None) -> tuple[TrainConfig, ModelConfig]:
     parser = argparse.ArgumentParser(prog="python -m trainer.train", description=__doc__.split("\n")[0])
     parser.add_argument("--data", required=True,
@@ -47,12 +72,9 @@ def parse_args(argv: list[str] | None) -> tuple[TrainConfig, ModelConfig]:
     parser.add_argument("--gradient-checkpointing", action="store_true",
                         help="recompute activations in the backward pass (less memory, more compute)")
     defaults = TrainConfig()
-    for name in ("steps", "batch_size", "grad_accum", "max_length", "warmup_steps", "lora_rank", "lora_alpha",
-                 "seed", "length_buffer", "workers", "prefetch", "log_every", "checkpoint_every", "stop_after"):
-        parser.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(defaults, name))
-    for name in ("lr_new", "lr_adapted", "weight_decay", "min_lr_ratio", "clip_norm", "neftune_alpha",
-                 "peak_tflops"):
-        parser.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(defaults, name))
+    for name, kind, text in FLAGS:
+        parser.add_argument("--" + name.replace("_", "-"), type=kind, default=getattr(defaults, name),
+                            help=text + " (default: %(default)s)")
     parser.add_argument("--adapter", choices=["auto", "lora", "dora", "none"], default="auto",
                         help="auto: DoRA on pretrained backbones, full training of a model built from scratch")
     args = vars(parser.parse_args(argv))
