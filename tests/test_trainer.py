@@ -249,6 +249,9 @@ def test_resume_matches_the_uninterrupted_run_exactly(tmp_path):
     assert [(r["loss"], r["lr"]) for r in resumed] == [(r["loss"], r["lr"]) for r in straight]
     changed = run_command("trainer.train", *common, "--output", str(tmp_path / "stopped"), "--seed", "1")
     assert changed.returncode == 2 and "seed" in changed.stderr and "Traceback" not in changed.stderr
+    pq.write_table(pa.Table.from_pylist(sft_rows(2), schema=SFT_SCHEMA), data / "data" / "00001.parquet")
+    grown = run_command("trainer.train", *common, "--output", str(tmp_path / "stopped"))
+    assert grown.returncode == 2 and "data_files" in grown.stderr
 
 
 def test_every_format_loads_and_trains(tmp_path):

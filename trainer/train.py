@@ -12,6 +12,7 @@ Rerunning a command into the same `--output` resumes it exactly; a different con
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -302,9 +303,11 @@ def train(train_cfg: TrainConfig, model_cfg: ModelConfig) -> int:
 
     rank, world, device = setup_distributed()
     output = Path(train_cfg.output)
-    identity = {**train_cfg.identity(), **{f"model.{k}": v for k, v in asdict(model_cfg).items()}}
-    check_run_folder(output, identity, rank, write=False)
     files = check_data(train_cfg)
+    listing = hashlib.sha256(json.dumps([(f.path, os.path.getsize(f.path)) for f in files]).encode()).hexdigest()
+    identity = {**train_cfg.identity(), **{f"model.{k}": v for k, v in asdict(model_cfg).items()},
+                "data_files": listing}  # the data position means nothing if the files changed
+    check_run_folder(output, identity, rank, write=False)
     processor, model, optimizer, scheduler = build_training(train_cfg, model_cfg, device)
     check_run_folder(output, identity, rank, write=True)  # once everything checked out
     step, position, skipped = restore(output, model, optimizer, scheduler, rank, world, device)
