@@ -30,7 +30,7 @@ from cauldron.registry import Entry
 from filters.decontam.hashing import pixel_key
 from filters.decontam.index import UNDECODABLE, DecontaminationIndex
 from filters.pixels import working_image
-from pipelines.shards import TempFile
+from filters.shard_files import TempFile
 
 ROWS_PER_GROUP = 64  # parquet row group: a few MB of images
 DATA_FILE = "{name}/train-00000-of-00001.parquet"  # the published repository's layout

@@ -22,7 +22,7 @@ from datatrove.io import get_datafolder
 from cauldron.build import DATA_FILE, published_features
 from cauldron.registry import renormalised_shares
 from mixtures.layout import MixtureInfo, SourceTarget, write_info
-from pipelines.shards import TempFile
+from filters.shard_files import TempFile
 
 
 @dataclass

@@ -17,7 +17,7 @@ from datatrove.io import get_datafolder
 
 from cauldron.registry import PUBLISHED_HUB_ID, Entry
 from filters.errors import UsageError
-from pipelines.sources import check_files, footer_problem
+from filters.shard_files import check_files, footer_problem
 
 BATCH_ROWS = 64  # rows read at once: source images can be several MB each
 

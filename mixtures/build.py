@@ -27,7 +27,7 @@ from mixtures.shard_writer import SampleTar
 from mixtures.sources import UnitSource
 from mixtures.spec import StageSpec
 from mixtures.tokens import TokenCounter
-from pipelines.shards import TempFile
+from filters.shard_files import TempFile
 
 GIVE_UP_AFTER = 1000  # unusable units in a row after which a shard stops reading a source (it holds none usable)
 ACCOUNTING = "accounting"

@@ -109,16 +109,38 @@ def _decode(key: str, members: dict[str, bytes]) -> Sample | BadSample:
                   record.get("image_sizes") or [], record.get("tokens") or {})
 
 
+class _EndCheck:
+    """Reads through to `raw`, keeping the last chunks, so the reader can tell a tar's end-of-archive block from a
+    file cut at a 512-byte boundary: `tarfile`'s stream mode takes both for a clean end."""
+
+    def __init__(self, raw: IO[bytes]):
+        self.raw, self.position, self.chunks = raw, 0, []
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.raw.read(size)
+        self.chunks = [*self.chunks[-3:], (self.position, data)]
+        self.position += len(data)
+        return data
+
+    def zero_block_at(self, offset: int) -> bool:
+        tail = b"".join(data for _, data in self.chunks)
+        start = offset - (self.chunks[0][0] if self.chunks else 0)
+        block = tail[start:start + tarfile.BLOCKSIZE] if start >= 0 else b""
+        return len(block) == tarfile.BLOCKSIZE and not any(block)
+
+
 def iter_samples(fileobj: IO[bytes], max_member_bytes: int = MAX_MEMBER_BYTES) -> Iterator[Sample | BadSample]:
     """Stream the samples of one tar, in order. Hostile members (links, `..` or absolute names, oversized, names
     outside the layout, a field twice) turn their sample into a `BadSample`; the rest of the tar is still read.
-    A tar that ends mid-member raises `tarfile.ReadError` after the samples before it were yielded."""
+    A tar that ends mid-member or without its end-of-archive block raises `tarfile.ReadError` after the samples
+    before the cut were yielded."""
     key, members, problem = None, {}, None
+    stream = _EndCheck(fileobj)
 
     def finish():
         return BadSample(key, problem) if problem else _decode(key, members)
 
-    with tarfile.open(fileobj=fileobj, mode="r|") as tar:
+    with tarfile.open(fileobj=stream, mode="r|") as tar:
         for info in tar:
             name = info.name
             base, _, rest = name.partition(".")
@@ -139,6 +161,8 @@ def iter_samples(fileobj: IO[bytes], max_member_bytes: int = MAX_MEMBER_BYTES) -
             members[rest] = tar.extractfile(info).read()
         if key is not None:
             yield finish()
+        if not stream.zero_block_at(tar.offset):
+            raise tarfile.ReadError(f"truncated: the tar ends at byte {tar.offset} without its end-of-archive block")
 
 
 @dataclass

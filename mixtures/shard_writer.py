@@ -14,7 +14,7 @@ import tarfile
 from datatrove.io import DataFolder
 
 from mixtures.layout import Sample
-from pipelines.shards import TempFile
+from filters.shard_files import TempFile
 
 BLOCK = tarfile.BLOCKSIZE  # 512
 RECORD = tarfile.RECORDSIZE  # 20 blocks: tarfile pads the archive to a whole record

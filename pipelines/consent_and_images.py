@@ -22,7 +22,7 @@ from filters.optout import (
 )
 from filters.shard_files import shard_name
 from pipelines.options import UsageError, option
-from pipelines.shards import TempFile
+from filters.shard_files import TempFile
 from pipelines.steps import RunContext, StepSpec
 
 

@@ -30,7 +30,7 @@ from datatrove.pipeline.base import PipelineStep
 
 from filters.optout import sendable
 from filters.shard_files import shard_name
-from pipelines.shards import TempFile
+from filters.shard_files import TempFile
 from pipelines.sources import (
     RAW_ROW_KEY, REMOVED_FIELDS, UNREADABLE_KEY, ParquetFile, ParquetShardReader, RowFormat, ShardFile, ShardInputError,
     _castable, check_files, footer_problem, schema_problem,

@@ -34,29 +34,6 @@ class ShardFile(Protocol):
     def abort(self) -> None: ...
 
 
-class TempFile:
-    """An output file written under `<name>.tmp`; subclasses close what they wrap around `self.file` in `_close`."""
-
-    def __init__(self, folder: DataFolder, filename: str):
-        self.folder, self.filename, self.tmp_name = folder, filename, f"{filename}.tmp"
-        self.file = folder.open(self.tmp_name, "wb")
-
-    def _close(self) -> None:
-        self.file.close()
-
-    def commit(self) -> None:
-        self._close()
-        self.folder.mv(self.tmp_name, self.filename)
-
-    def abort(self) -> None:
-        try:
-            self._close()
-        except Exception:  # noqa: BLE001 - already failing; the file is deleted next
-            self.file.close()
-        if self.folder.exists(self.tmp_name):
-            self.folder.rm(self.tmp_name)
-
-
 class ShardSource(Protocol):
     """What the writer needs of a source (see `pipelines.sources`)."""
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -26,9 +25,9 @@ from datatrove.io import DataFolder, get_datafolder
 from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.filters.base_filter import BaseFilter
 
-from filters.shard_files import shard_name
+from filters.shard_files import TempFile, check_files, footer_problem, shard_name
 from pipelines.options import UsageError
-from pipelines.shards import REMOVED_REASON, REMOVED_STEP, SOURCE_FILE, SOURCE_ROW, ShardFile, TempFile
+from pipelines.shards import REMOVED_REASON, REMOVED_STEP, SOURCE_FILE, SOURCE_ROW, ShardFile
 
 ORIGIN_KEY = "origin"  # metadata: {"file": input file, "row": row number}: where a document was read
 UNREADABLE_KEY = "unreadable"  # metadata: why the row could not be read as a Document
@@ -69,16 +68,6 @@ def list_input(path: str, suffix: str) -> tuple[str, list[str]]:
     return path, files
 
 
-def check_files(folder: DataFolder, files: list[str], problem: Callable[[DataFolder, str], str | None]) -> None:
-    """Run `problem` on every file (16 at a time: remote footers are latency-bound); the first one found stops the
-    run with one line."""
-    with ThreadPoolExecutor(16) as pool:
-        problems = [p for p in pool.map(lambda f: problem(folder, f), files) if p]
-    if problems:
-        more = f" (and {len(problems) - 1} more files)" if len(problems) > 1 else ""
-        raise UsageError(problems[0] + more)
-
-
 class UnreadableFilter(BaseFilter):
     """Removes the rows the reader could not turn into Documents (`unreadable_row`, the cause in the stats)."""
 
@@ -104,18 +93,6 @@ def schema_problem(actual: pa.Schema, expected: pa.Schema) -> str | None:
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
             return f"column {field.name} is {found}, expected {field.type}"
     return None
-
-
-def footer_problem(folder: DataFolder, path: str, judge: Callable[[pa.Schema], str | None]) -> str | None:
-    """What is wrong with a parquet file, read from its footer alone: not parquet, or what `judge` finds in its
-    schema; one line naming the file, or None."""
-    try:
-        with folder.open(path, "rb") as f:
-            schema = pq.ParquetFile(f).schema_arrow
-    except Exception as error:  # noqa: BLE001 - any failure to read the footer is the file's problem
-        return f"{folder.resolve_paths(path)}: not a readable parquet file ({type(error).__name__})"
-    problem = judge(schema)
-    return f"{folder.resolve_paths(path)}: {problem}" if problem else None
 
 
 @dataclass(frozen=True)

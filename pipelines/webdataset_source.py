@@ -26,8 +26,9 @@ from datatrove.data import Document, DocumentsPipeline
 from datatrove.io import DataFolder, get_datafolder
 from datatrove.pipeline.base import PipelineStep
 
-from pipelines.shards import ShardFile, TempFile
-from pipelines.sources import ORIGIN_KEY, UNREADABLE_KEY, ShardInputError, check_files
+from filters.shard_files import TempFile, check_files
+from pipelines.shards import ShardFile
+from pipelines.sources import ORIGIN_KEY, UNREADABLE_KEY, ShardInputError
 
 # webdataset's own split of a member name into key and field (webdataset/tariterators.py, base_plus_ext)
 _KEY_AND_FIELD = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
