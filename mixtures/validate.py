@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 from datatrove.io import DataFolder, get_datafolder
 from datatrove.utils.logging import logger
 
+from filters.errors import run_main
 from mixtures.layout import MIXTURE_FILE, BadSample, MixtureInfo, Sample, iter_samples, read_info
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -639,4 +640,4 @@ def _write(flag: str, path: str, write, report: Report) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -25,7 +25,7 @@ from datatrove.io import get_datafolder
 from cauldron import registry, sources
 from cauldron.build import SubsetSettings, BuildSubsets
 from cauldron.sft_mixture import SftOptions, build as build_sft
-from filters.errors import UsageError
+from filters.errors import UsageError, run_main
 from pipelines.executors import ExecutorOptions, run_executor, shard_outcomes
 from pipelines.manifest import check_and_write
 from pipelines.options import add_arguments, from_args, normalise_path, option, output_options
@@ -199,4 +199,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

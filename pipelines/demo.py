@@ -92,10 +92,10 @@ def recipe_after_pipelines(output: str, index: str, workers: list[str]) -> int:
             f"{output}/cauldron/sft", "--tolerance", "0.5", "--html", f"{output}/sft-report.html"]),
         ("train the tiny Idefics2 on the stage 1 mixture", train_main, [
             "--data", f"{output}/stage1", "--stage", "pretrain", "--model", "tiny", "--steps", "30",
-            "--output", f"{output}/train-stage1"]),
+            "--lr-new", "1e-3", "--log-every", "5", "--output", f"{output}/train-stage1"]),
         ("train the tiny Idefics2 on the SFT mixture", train_main, [
             "--data", f"{output}/cauldron/sft", "--stage", "sft", "--model", "tiny", "--steps", "30",
-            "--output", f"{output}/train-sft"]),
+            "--lr-new", "1e-3", "--log-every", "5", "--output", f"{output}/train-sft"]),
     ]
     for title, command, argv in steps:
         print(f"demo: {title}", file=sys.stderr)

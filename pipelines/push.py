@@ -24,6 +24,7 @@ from pathlib import Path
 
 from datatrove.utils.logging import logger
 
+from filters.errors import run_main
 from mixtures.card import dataset_card
 from mixtures.validate import MIXTURE_FILE, Report, ValidateError, validate
 from pipelines.options import UsageError
@@ -177,4 +178,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 from datatrove.io import DataFolder, get_datafolder
 
+from filters.errors import run_main
 from filters.shard_files import shard_name
 from pipelines import summary as summaries
 from pipelines.executors import printable, queued_slurm_jobs, read_slurm_jobs, shard_outcomes
@@ -159,4 +160,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -383,6 +383,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:  # from a DataLoader worker it arrives with the worker's traceback: keep its last line
         print(f"error: {str(err).strip().splitlines()[-1].split('ConfigError: ', 1)[-1]}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted; the last checkpoint is kept: run the same command to resume", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from filters.decontam.index import (
 )
 from filters.decontam.registry import BENCHMARKS
 from filters.decontam.scan import Scan
-from filters.errors import UsageError
+from filters.errors import UsageError, run_main
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -122,4 +122,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))
