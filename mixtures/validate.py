@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 from datatrove.io import DataFolder, get_datafolder
 from datatrove.utils.logging import logger
 
-from filters.errors import run_main
+from filters.errors import command
 from mixtures.layout import MIXTURE_FILE, BadSample, MixtureInfo, Sample, iter_samples, read_info
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -613,6 +613,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from mixtures import report as output
@@ -640,4 +641,4 @@ def _write(flag: str, path: str, write, report: Report) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(run_main(main))
+    sys.exit(main())

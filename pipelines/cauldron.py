@@ -25,7 +25,7 @@ from datatrove.io import get_datafolder
 from cauldron import registry, sources
 from cauldron.build import SubsetSettings, BuildSubsets
 from cauldron.sft_mixture import SftOptions, build as build_sft
-from filters.errors import UsageError, run_main
+from filters.errors import UsageError, command
 from pipelines.executors import ExecutorOptions, run_executor, shard_outcomes
 from pipelines.manifest import check_and_write
 from pipelines.options import add_arguments, from_args, normalise_path, option, output_options
@@ -189,14 +189,10 @@ def report(output, names: list[str]) -> str:
             f"decontamination report in {output.resolve_paths('decontam_report.md')}")
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return run(args)
-    except UsageError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    return run(build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":
-    sys.exit(run_main(main))
+    sys.exit(main())

@@ -22,6 +22,7 @@ from dataclasses import replace
 
 from datatrove.io import get_datafolder
 
+from filters.errors import command
 from filters.shard_files import shard_name
 from mixtures.build import ACCOUNTING, MixtureShardBuilder, Plan, estimate_sample_bytes
 from mixtures.draw import Allocation, UnitOrder, apportion, distinct_units
@@ -269,16 +270,9 @@ def _problems(plan: Plan, summary: dict, logging_path: str) -> int:
     return status
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return run(args)
-    except UsageError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted; run the same command to resume", file=sys.stderr)
-        return 130
+    return run(build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from datatrove.utils.logging import logger
 
-from filters.errors import run_main
+from filters.errors import command
 from mixtures.card import dataset_card
 from mixtures.validate import MIXTURE_FILE, Report, ValidateError, validate
 from pipelines.options import UsageError
@@ -165,6 +165,7 @@ class UploadError(Exception):
     pass
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -178,4 +179,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_main(main))
+    sys.exit(main())

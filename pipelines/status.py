@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 from datatrove.io import DataFolder, get_datafolder
 
-from filters.errors import run_main
+from filters.errors import command
 from filters.shard_files import shard_name
 from pipelines import summary as summaries
 from pipelines.executors import printable, queued_slurm_jobs, read_slurm_jobs, shard_outcomes
@@ -144,6 +144,7 @@ def report(output_path: str, logging_path: str | None) -> int:
     return EXIT_FAILED if failed else EXIT_PENDING if pending else EXIT_DONE
 
 
+@command
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -160,4 +161,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_main(main))
+    sys.exit(main())

@@ -23,7 +23,7 @@ from filters.decontam.index import (
 )
 from filters.decontam.registry import BENCHMARKS
 from filters.decontam.scan import Scan
-from filters.errors import UsageError, run_main
+from filters.errors import UsageError, command
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -112,6 +112,7 @@ def scan(args: argparse.Namespace) -> int:
     return 1 if result.matches and not args.exit_zero else 0
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
@@ -122,4 +123,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_main(main))
+    sys.exit(main())
