@@ -91,8 +91,10 @@ def _decode(key: str, members: dict[str, bytes]) -> Sample | BadSample:
         return BadSample(key, "missing_json")
     except (ValueError, UnicodeDecodeError, RecursionError):
         return BadSample(key, "bad_json")
+    if not isinstance(record, dict):
+        return BadSample(key, "bad_json")
     texts, names = record.get("texts"), record.get("images")
-    if not (isinstance(record, dict) and isinstance(texts, list) and isinstance(names, list)
+    if not (isinstance(texts, list) and isinstance(names, list)
             and len(texts) == len(names) and all((t is None) != (n is None) for t, n in zip(texts, names))
             and all(t is None or isinstance(t, str) for t in texts)):
         return BadSample(key, "bad_layout")

@@ -51,3 +51,17 @@ def test_hostile_members_spoil_only_their_sample():
     assert read[0] == SAMPLES[0] and read[-1] == SAMPLES[1]
     assert [r.reason for r in read[1:-1]] == ["unsafe_member", "unsafe_member"]
     assert all(isinstance(r, BadSample) for r in read[1:-1])
+
+
+def test_a_json_member_that_is_not_an_object_spoils_only_its_sample():
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        add_sample(tar, SAMPLES[0])
+        for value in (b"[1, 2]", b'"text"', b"null"):
+            info = tarfile.TarInfo(f"odd{len(value)}.json")
+            info.size = len(value)
+            tar.addfile(info, io.BytesIO(value))
+        add_sample(tar, SAMPLES[1])
+    read = list(iter_samples(io.BytesIO(buffer.getvalue())))
+    assert read[0] == SAMPLES[0] and read[-1] == SAMPLES[1]
+    assert [r.reason for r in read[1:-1]] == ["bad_json"] * 3
