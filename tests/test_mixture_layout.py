@@ -57,8 +57,8 @@ def test_a_json_member_that_is_not_an_object_spoils_only_its_sample():
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
         add_sample(tar, SAMPLES[0])
-        for value in (b"[1, 2]", b'"text"', b"null"):
-            info = tarfile.TarInfo(f"odd{len(value)}.json")
+        for i, value in enumerate((b"[1, 2]", b'"text"', b"null")):
+            info = tarfile.TarInfo(f"odd{i}.json")
             info.size = len(value)
             tar.addfile(info, io.BytesIO(value))
         add_sample(tar, SAMPLES[1])
