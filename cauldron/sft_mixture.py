@@ -24,6 +24,8 @@ from cauldron.registry import renormalised_shares
 from mixtures.layout import MixtureInfo, SourceTarget, write_info
 from filters.shard_files import TempFile
 
+SHARE_TOLERANCE = 0.5  # percentage points: answer-token shares are held to half a point of renormalised Table 14
+
 
 @dataclass
 class SftOptions:
@@ -83,7 +85,7 @@ def build(output: str, names: list[str], options: SftOptions) -> dict:
     write_info(sft, MixtureInfo(
         kind="sft", name="sft", share_of="answer_tokens", files="data/*.parquet",
         sources={n: SourceTarget(share=shares[n]) for n in present}, image_tokens=options.image_tokens,
-        tokenizer=options.tokenizer, seed=options.seed,
+        tokenizer=options.tokenizer, seed=options.seed, tolerance=SHARE_TOLERANCE,
         extra={"table14_percent": "Idefics2 paper, Table 14, renormalised over the subsets present",
                "target_answer_tokens": round(total)}))
     with sft.open("summary.json", "w") as f:

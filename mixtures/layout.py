@@ -189,6 +189,7 @@ class MixtureInfo:
     tokenizer: str = ""
     seed: int = 0
     extra: dict = field(default_factory=dict)  # the spec and build options, for the dataset card
+    tolerance: float = 1.0  # percentage points a share may miss its target before `validate` fails it
 
     def to_json(self) -> dict:
         return asdict(self)

@@ -549,7 +549,7 @@ def load_info(folder: DataFolder) -> MixtureInfo:
     return info
 
 
-def validate(path: str, tolerance: float = DEFAULT_TOLERANCE, sample: int | None = None,
+def validate(path: str, tolerance: float | None = None, sample: int | None = None,
              gallery: int = 0) -> Report:
     """Check the folder at `path` (local or any fsspec URL); raises `ValidateError` when it cannot be read."""
     try:
@@ -569,12 +569,14 @@ def _first_line(error: Exception) -> str:
     return text.splitlines()[0] if text else "no detail"
 
 
-def _validate(path: str, tolerance: float, sample: int | None, gallery: int) -> Report:
+def _validate(path: str, tolerance: float | None, sample: int | None, gallery: int) -> Report:
+    """`tolerance` None: the mixture's own (`mixture.json`: 1 point for the stages, 0.5 for the SFT mixture)."""
     folder = get_datafolder(path)
     kind = detect(folder)
-    report = Report(path=folder.path, kind=kind, tolerance=tolerance)
+    report = Report(path=folder.path, kind=kind, tolerance=DEFAULT_TOLERANCE if tolerance is None else tolerance)
     if kind == "mixture":
         info = load_info(folder)
+        report.tolerance = info.tolerance if tolerance is None else tolerance
         report.kind, report.name, report.share_of, report.info = info.kind, info.name, info.share_of, info.to_json()
         (validate_pretrain if info.kind == "pretrain" else validate_sft)(folder, info, report, sample, gallery)
     elif kind == "pipeline":
@@ -602,8 +604,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Check a pretraining or SFT mixture, a Cauldron export or a pipeline output against what it "
                     "was meant to be: shares, token counts, image sizes, unreadable samples, accounting.")
     parser.add_argument("path", metavar="PATH", help="the folder: local, hf://datasets/ORG/NAME/..., s3://...")
-    parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
-                        help="percentage points a share may be off its target (default %(default)s)")
+    parser.add_argument("--tolerance", type=float, default=None,
+                        help="percentage points a share may be off its target (default: the mixture's own, recorded "
+                             f"in mixture.json: 1 for the stages, 0.5 for the SFT mixture; else {DEFAULT_TOLERANCE})")
     parser.add_argument("--sample", type=int, default=None, metavar="N",
                         help="read only N shards, spread over the mixture (for very large mixtures)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
@@ -619,7 +622,7 @@ def main(argv: list[str] | None = None) -> int:
     from mixtures import report as output
 
     try:
-        if args.tolerance < 0 or (args.sample is not None and args.sample < 1):
+        if (args.tolerance is not None and args.tolerance < 0) or (args.sample is not None and args.sample < 1):
             raise ValidateError("--tolerance must be >= 0 and --sample >= 1")
         report = validate(args.path, args.tolerance, args.sample, GALLERY_PER_SOURCE if args.html else 0)
         for flag, path, write in (("--plot", args.plot, output.write_plot), ("--html", args.html, output.write_html)):

@@ -74,14 +74,15 @@ def conversation(subset: str, i: int, answer_tokens: int) -> dict:
             "subset": subset, "answer_tokens": answer_tokens}
 
 
-def write_sft_mixture(folder: Path, tokens: dict[str, int], shares: dict[str, float]) -> Path:
+def write_sft_mixture(folder: Path, tokens: dict[str, int], shares: dict[str, float], tolerance: float = 1.0) -> Path:
     """An SFT mixture: per subset, rows of 10 answer tokens adding up to `tokens[subset]`."""
     rows = [conversation(subset, i, 10) for subset, n in tokens.items() for i in range(n // 10)]
     (folder / "data").mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.Table.from_pylist(rows, schema=SFT_SCHEMA), folder / "data" / "00000.parquet",
                    row_group_size=16)
     sources = {name: SourceTarget(share) for name, share in shares.items()}
-    write_info(get_datafolder(str(folder)), MixtureInfo("sft", "sft", "answer_tokens", sources, "data/*.parquet"))
+    write_info(get_datafolder(str(folder)), MixtureInfo("sft", "sft", "answer_tokens", sources, "data/*.parquet",
+                                                        tolerance=tolerance))
     return folder
 
 
@@ -270,6 +271,14 @@ def test_sft_mixture_shares_of_answer_tokens(tmp_path):
     assert report.sources["vqav2"].answer_tokens == 600 and report.sources["ai2d"].turns == 40
     skewed = write_sft_mixture(tmp_path / "skewed", {"vqav2": 610, "ai2d": 390}, shares)  # 61% / 39%
     assert check(skewed, "--tolerance", "0.5")[0] == 1
+    assert check(skewed, "--tolerance", "1.5")[0] == 0
+
+
+def test_a_mixture_is_held_to_its_own_tolerance_unless_told_otherwise(tmp_path):
+    """The Cauldron's SFT mixture records 0.5 points: a plain `validate` (and `push`) hold it to that, not to 1."""
+    skewed = write_sft_mixture(tmp_path / "skewed", {"vqav2": 610, "ai2d": 390}, {"vqav2": 0.6, "ai2d": 0.4},
+                               tolerance=0.5)
+    assert check(skewed)[0] == 1
     assert check(skewed, "--tolerance", "1.5")[0] == 0
 
 
