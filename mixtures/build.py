@@ -18,7 +18,7 @@ from datatrove.data import DocumentsPipeline
 from datatrove.io import get_datafolder
 from datatrove.pipeline.base import PipelineStep
 
-from filters.shard_files import shard_name
+from filters.shard_files import TempFile, shard_name
 from mixtures.draw import Allocation, UnitOrder, apportion, rng, shard_positions
 from mixtures.images import ImageProblem, ImageRule, fit_image
 from mixtures.layout import Sample
@@ -27,7 +27,6 @@ from mixtures.shard_writer import SampleTar
 from mixtures.sources import UnitSource
 from mixtures.spec import StageSpec
 from mixtures.tokens import TokenCounter
-from filters.shard_files import TempFile
 
 GIVE_UP_AFTER = 1000  # unusable units in a row after which a shard stops reading a source (it holds none usable)
 ACCOUNTING = "accounting"

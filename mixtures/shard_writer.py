@@ -1,5 +1,5 @@
 """A mixture's output tar, written under a temporary name and renamed into place when the shard is complete
-(`pipelines.shards.TempFile`), with fixed member metadata so that the same samples give the same bytes.
+(`filters.shard_files.TempFile`), with fixed member metadata so that the same samples give the same bytes.
 
 Each member is written as its header block (`tarfile.TarInfo.tobuf`, the standard library's own encoding) and
 its bytes, padded to the 512-byte block, with no copy of the bytes: the same bytes `tarfile.TarFile.addfile` writes for

@@ -268,19 +268,32 @@ class PairsUnits(ParquetUnits):
 _INDEX_COLUMNS = 4  # json offset, json size, jpg offset, jpg size (-1: member absent or unusable)
 
 
-def scan_tar(path: str) -> tuple[np.ndarray, str | None]:
-    """One row per sample key of a pages tar, in tar order, and the problem that ended the scan early, if any.
-    Only headers are read (tarfile seeks over the data); links, odd names and oversized members leave their
-    field absent, so the sample reads as unusable."""
+def _member_key(name: str) -> tuple[str, str] | None:
+    """(key, extension) of a member name, the key keeping its folders (`dir/doc_00000.jpg` -> `dir/doc_00000`, as
+    webdataset keys nested members); None for a name that is absolute, climbs (`..`), or has an empty or hidden
+    part. Members are only ever read by offset, never extracted, so a safe nested name is just a longer key."""
+    parts = name.split("/")
+    if any(not part or part.startswith(".") for part in parts):
+        return None
+    stem, _, ext = parts[-1].partition(".")
+    return "/".join([*parts[:-1], stem]), ext
+
+
+def scan_tar(path: str) -> tuple[np.ndarray, list[str]]:
+    """One row per sample key of a pages tar, in tar order, and the problems found: member names skipped (counted,
+    with the first one named) and what ended the scan early. Only headers are read (tarfile seeks over the data);
+    links and oversized members leave their field absent, so the sample reads as unusable."""
     rows: list[list[int]] = []
     keys: dict[str, int] = {}
-    problem = None
+    problems, skipped = [], []
     try:
         with tarfile.open(path, mode="r:") as tar:
             for info in tar:
-                base, _, ext = info.name.partition(".")
-                if not base or "/" in info.name or base.startswith("."):
+                found = _member_key(info.name)
+                if found is None:
+                    skipped.append(info.name)
                     continue
+                base, ext = found
                 if base not in keys:
                     keys[base] = len(rows)
                     rows.append([-1] * _INDEX_COLUMNS)
@@ -288,8 +301,11 @@ def scan_tar(path: str) -> tuple[np.ndarray, str | None]:
                 if column is not None and info.isfile() and info.size <= MAX_MEMBER_BYTES:
                     rows[keys[base]][column:column + 2] = [info.offset_data, info.size]
     except (tarfile.TarError, OSError, EOFError) as error:
-        problem = f"{path}: {type(error).__name__}: {error} (samples before it are used)"
-    return np.array(rows, dtype=np.int64).reshape(-1, _INDEX_COLUMNS), problem
+        problems.append(f"{path}: {type(error).__name__}: {error} (samples before it are used)")
+    if skipped:
+        problems.insert(0, f"{path}: {len(skipped)} member(s) skipped for an unsafe name (absolute, '..', empty or "
+                           f"hidden part), first {skipped[0]!r}")
+    return np.array(rows, dtype=np.int64).reshape(-1, _INDEX_COLUMNS), problems
 
 
 class PagesUnits(UnitSource):
@@ -303,15 +319,24 @@ class PagesUnits(UnitSource):
 
     def _count(self, folder: str, name: str) -> int:
         target = self._index_path(folder, name)
+        notes = f"{target}.problems.json"  # kept beside the index, so a cached scan still reports them
         if not os.path.isfile(target):
-            rows, problem = scan_tar(os.path.join(folder, name))
-            if problem:
-                self.problems.append(problem)
-                logger.warning(f"{self.name}: {problem}")
+            rows, problems = scan_tar(os.path.join(folder, name))
             os.makedirs(os.path.dirname(target), exist_ok=True)
+            with open(f"{notes}.{os.getpid()}.tmp", "w") as f:
+                json.dump(problems, f)
+            os.replace(f"{notes}.{os.getpid()}.tmp", notes)
             with open(f"{target}.{os.getpid()}.tmp", "wb") as f:
                 np.save(f, rows)
             os.replace(f"{target}.{os.getpid()}.tmp", target)
+        try:
+            with open(notes) as f:
+                problems = json.load(f)
+        except (OSError, ValueError):
+            problems = []
+        for problem in problems:
+            self.problems.append(problem)
+            logger.warning(f"{self.name}: {problem}")
         return int(np.load(target, mmap_mode="r").shape[0])
 
     def _read_file(self, index: int, rows: list[tuple[int, int]]):

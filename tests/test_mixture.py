@@ -308,3 +308,30 @@ def test_hostile_pages_tar_is_counted_not_fatal(tmp_path):
     samples = read_mixture(tmp_path / "out")
     assert {s.origin["id"] for s in samples} == {"good_00000"}
     assert all(s.image_sizes == [[64, 32]] for s in samples)
+
+
+def test_pages_members_in_folders_are_read_and_unsafe_names_are_counted(tmp_path):
+    """A pages tar whose kept members sit in a folder (`dir/doc_00000.jpg`) is read by its nested keys; members
+    named absolute or with `..` are skipped and say so in `summary.json`, never silently."""
+    folder = tmp_path / "pages"
+    (folder / "data").mkdir(parents=True)
+    (folder / "summary.json").write_text("{}")
+    buffer = io.BytesIO()
+    Image.new("RGB", (100, 50), (10, 20, 30)).save(buffer, format="JPEG")
+    page = b'{"text": "a page", "key": "doc", "page": 0}'
+    members = [("dir/doc_00000.jpg", buffer.getvalue()), ("dir/doc_00000.json", page),
+               ("../up_00000.jpg", buffer.getvalue()), ("../up_00000.json", page),
+               ("/abs_00000.json", page)]
+    with tarfile.open(folder / "data" / "00000.tar", "w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    spec = tmp_path / "pages.toml"
+    spec.write_text(PAGES_ONLY)
+    result = build(tmp_path, tmp_path / "out", "--samples", "3", stage=str(spec))
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())["sources"]["pages"]
+    assert summary["samples"] == 3 and summary["units_available"] == 1
+    assert any("3 member(s) skipped" in line and "'../up_00000.jpg'" in line for line in summary["count_problems"])
+    assert {s.origin["id"] for s in read_mixture(tmp_path / "out")} == {"doc_00000"}
