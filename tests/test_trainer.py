@@ -186,7 +186,31 @@ def test_images_keep_aspect_within_bounds():
         batch = collate(renderer, [Example("x", [jpeg(1, (width, height))], texts=[None, "x"])], 0, {})
         mask = batch.tensors["pixel_attention_mask"][0, 0]
         real = (int(mask.any(0).sum()), int(mask.any(1).sum()))  # (width, height) of the real pixels
-        assert real == expected or (width, height) == (2000, 500) and real == (980, 378), (width, height, real)
+        assert real == expected, (width, height, real)
+
+
+@pytest.mark.parametrize("checkpoint", [False, True])
+def test_a_long_image_is_not_stretched_by_the_image_processor(tmp_path, checkpoint):
+    """A 2000x400 image is fitted to 980x196 by `open_image`; the image processor must not raise its short side to
+    378 again (that stretches it): the real region of `pixel_values` keeps `fit_size`'s aspect ratio, also for a
+    processor loaded from a saved checkpoint, and the padding (zeros, mask 0) is still added."""
+    from trainer.collate import fit_size
+
+    cfg = tiny_model()
+    cfg.image_longest_edge, cfg.image_shortest_edge = 980, 378
+    if checkpoint:
+        build_processor(cfg).save_pretrained(tmp_path)
+        cfg.checkpoint = str(tmp_path)
+    renderer = Renderer(build_processor(cfg), 4096, answers_only=False)
+    example = Example("x", [jpeg(1, (2000, 400)), jpeg(2, (400, 500))], texts=[None, "x", None])
+    batch = collate(renderer, [example], 0, {})
+    values, mask = batch.tensors["pixel_values"][0], batch.tensors["pixel_attention_mask"][0]
+    assert values.shape[-2:] == (500, 980)  # both images padded to the batch's largest height and width
+    for image, (width, height) in enumerate([(2000, 400), (400, 500)]):
+        expected = fit_size(width, height, 378, 980)
+        real = (int(mask[image].any(0).sum()), int(mask[image].any(1).sum()))
+        assert abs(real[0] - expected[0]) <= 1 and abs(real[1] - expected[1]) <= 1, (width, height, real, expected)
+        assert not values[image][:, real[1]:, :].any() and not values[image][:, :, real[0]:].any()
 
 
 # --- the data stream ------------------------------------------------------------------------------------------

@@ -40,11 +40,14 @@ def build_processor(cfg: ModelConfig) -> Idefics2Processor:
         processor = Idefics2Processor.from_pretrained(cfg.checkpoint)
         processor.image_processor.size = size
         processor.image_processor.do_image_splitting = cfg.image_splitting
+        processor.image_processor.do_resize = False  # `collate.open_image` fits the bounds, aspect ratio kept
         return processor
     tokenizer = AutoTokenizer.from_pretrained(_local_or_hub(cfg.tokenizer))
     if tokenizer.pad_token is None:  # Mistral has none; Idefics2 pads with id 0 (its config's pad_token_id)
         tokenizer.pad_token = tokenizer.convert_ids_to_tokens(0)
-    images = Idefics2ImageProcessorPil(size=size, do_image_splitting=cfg.image_splitting)
+    # do_resize=False: `collate.open_image` already fits the images to the bounds with the aspect ratio kept; the
+    # processor's own resize raises each short side to `shortest_edge` on its own, which stretches long images
+    images = Idefics2ImageProcessorPil(size=size, do_image_splitting=cfg.image_splitting, do_resize=False)
     return Idefics2Processor(image_processor=images, tokenizer=tokenizer, image_seq_len=cfg.latents)
 
 
