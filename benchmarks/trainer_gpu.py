@@ -7,9 +7,9 @@ It writes a pretraining mixture of generated samples (each `--tokens` long with 
 contract layout, runs the real trainer on it (bf16 autocast, DataLoader workers, pinned memory on GPU), and prints
 the medians over the steps after `--warmup`, read from the run's `metrics.jsonl`. Shapes: `1b` is Mistral-style
 text of width 2,048 x 20 layers, SigLIP-base-style vision (768 x 12) at 378 px, resampler 64 x 3
-(`trainer.config.one_b_model`); weights are initialised, not downloaded (the machine needs no network). MFU counts
-6 FLOPs per parameter per token plus attention and 6 per vision parameter per patch (`trainer.flops`); on CPU
-there is no MFU. The tokenizer is the repository's tiny one (2,051 entries), so the LM head is smaller than
+(`trainer.config.one_b_model`); weights are initialised, not downloaded (the machine needs no network). `mfu` counts
+6 FLOPs per parameter per token plus causal attention and 6 per vision parameter per patch (`trainer.flops`);
+`mfu_6n` is the plain 6 N FLOPs per token most reports quote; on CPU there is no MFU. The tokenizer is the repository's tiny one (2,051 entries), so the LM head is smaller than
 Mistral's (32,000): the text FLOPs are those of the model as built.
 """
 
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
     print(f"{args.shape} on {device}: batch {shape['batch']} x ~{shape['tokens']} tokens, {shape['images']} images "
           f"each, {len(rows)} steps measured")
-    for name in ("tokens_per_s", "images_per_s", "data_wait_fraction", "padding_fraction", "mfu"):
+    for name in ("tokens_per_s", "images_per_s", "data_wait_fraction", "padding_fraction", "mfu", "mfu_6n"):
         if rows and name in rows[0]:
             print(f"  {name:>20}: {statistics.median(r[name] for r in rows):.4g}")
     return 0

@@ -457,3 +457,16 @@ def test_neftune_noise_and_schedule():
     assert lr_factor(0, cfg) == 0.1 and lr_factor(9, cfg) == 1.0
     assert lr_factor(10, cfg) == 1.0 and abs(lr_factor(100, cfg) - 0.1) < 1e-12
     assert all(lr_factor(s, cfg) >= lr_factor(s + 1, cfg) for s in range(10, 100))
+
+
+def test_flops_count_causal_attention_and_log_mfu_6n():
+    """Causal attention does half the QK^T and AV work of a full one (6 L d n^2 per row, not 12); `mfu_6n` is the
+    common 6 N FLOPs per token (N: every parameter but the input embedding) beside the attention-inclusive `mfu`."""
+    from trainer.flops import FlopModel
+    from trainer.train import metrics_row
+
+    model = FlopModel(text_params=1000, vision_params=500, text_layers=2, text_width=8, patch_size=14)
+    assert model.step_flops([10, 4], pixels=14 * 14 * 3) == 6 * 1000 * 14 + 6 * 2 * 8 * (100 + 16) + 6 * 500 * 3
+    assert model.step_flops_6n([10, 4]) == 6 * 1500 * 14
+    row = metrics_row(1, 1e-4, [2.0, 14, 16, 1, 0.0, 2e12, 1e12], 2.0, 1.0, 1, 1e13)
+    assert row["mfu"] == pytest.approx(0.2) and row["mfu_6n"] == pytest.approx(0.1)

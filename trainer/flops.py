@@ -1,7 +1,9 @@
 """An analytic FLOP count for MFU: 6 FLOPs per parameter per token (forward 2, backward 4; Kaplan et al. 2020,
 "Scaling Laws for Neural Language Models", section 2.1) for the text model over every sequence position, plus
-its attention (6 * 2 * layers * width * sequence length per token: the QK^T and AV products, forward and
-backward), plus 6 FLOPs per vision parameter per image patch. The resampler runs on few latents and is counted
+its attention (QK^T and AV, forward and backward: 6 * 2 * layers * width * sequence length per token for a full
+mask, halved for the causal mask since only the lower triangle is useful work, as PaLM's appendix B counts it),
+plus 6 FLOPs per vision parameter per image patch. Beside it, `step_flops_6n` is the plain 6 N FLOPs per token
+(N: every parameter but the input embedding), the figure most reports quote, logged as `mfu_6n`. The resampler runs on few latents and is counted
 with the vision side per patch (an overestimate of well under 1% at Idefics2's sizes). With frozen backbones the
 real backward is cheaper (no weight gradients): MFU is then an upper bound, as in most reports.
 """
@@ -26,8 +28,12 @@ class FlopModel:
         """FLOPs of one training step over rows of these real lengths (padding is not useful work) and images with
         this many real pixels."""
         tokens = sum(sequences)
-        attention = sum(6 * 2 * self.text_layers * self.text_width * n * n for n in sequences)
+        attention = sum(6 * self.text_layers * self.text_width * n * n for n in sequences)  # causal: half of 12
         return 6 * self.text_params * tokens + attention + 6 * self.vision_params * pixels / self.patch_size ** 2
+
+    def step_flops_6n(self, sequences: list[int]) -> float:
+        """6 N per real token, N = text + vision + connector parameters (no attention, no per-patch count)."""
+        return 6 * (self.text_params + self.vision_params) * sum(sequences)
 
 
 def flop_model(model) -> FlopModel:

@@ -289,12 +289,13 @@ def next_batches(batches, count: int, world: int, device, skipped: Counter) -> t
 
 def metrics_row(step: int, lr: float, totals: list[float], learned: float, elapsed: float, world: int,
                 peak: float | None) -> dict:
-    loss, tokens, padded, images, waited, flops = totals
+    loss, tokens, padded, images, waited, flops, flops_6n = totals
     row = {"step": step, "loss": loss / max(learned, 1.0), "lr": lr, "tokens_per_s": tokens / elapsed,
            "images_per_s": images / elapsed, "padding_fraction": 1 - tokens / padded,
            "data_wait_fraction": waited / world / elapsed}
     if peak:
         row["mfu"] = flops / elapsed / (peak * world)
+        row["mfu_6n"] = flops_6n / elapsed / (peak * world)
     return row
 
 
@@ -353,7 +354,8 @@ def train(train_cfg: TrainConfig, model_cfg: ModelConfig) -> int:
         lengths = [int(n) for b in micro for n in b.tensors["attention_mask"].sum(1)]
         totals = all_sum([loss_sum, sum(b.tokens for b in micro), sum(b.padded for b in micro),
                           sum(b.images for b in micro), waited,
-                          flops.step_flops(lengths, sum(b.pixels for b in micro))], world, device)
+                          flops.step_flops(lengths, sum(b.pixels for b in micro)), flops.step_flops_6n(lengths)],
+                         world, device)
         if rank == 0 and (step % train_cfg.log_every == 0 or step == stop):
             row = metrics_row(step, lr, totals, learned, elapsed, world, peak)
             metrics.write(json.dumps(row) + "\n")
