@@ -4,9 +4,10 @@ that each fit, as the source's `too_long` says.
 Splitting keeps every image with its text: the layout is cut only right after a text, so an image travels with
 the text that follows it (and a run of images with the text after them). A block (images + their text) that is
 still too long has its text cut at paragraph, then line, then sentence, then word boundaries, each piece keeping
-its separator, so the pieces joined give the text back; the images stay with the first piece. A piece that
-alone exceeds the budget (a single "word" of thousands of tokens) is dropped and counted, as are trailing images
-that fit in no part with text (a part is never images alone). Token counts follow
+its separator, so the pieces joined give the text back; the images stay with the first piece, which alone is
+cut to the room they leave (the rest is cut at the full maximum), and pieces of one text that share a part are
+one text. A piece that alone exceeds the budget (a single "word" of thousands of tokens) is dropped and counted,
+as are trailing images that fit in no part with text (a part is never images alone). Token counts follow
 `mixtures.tokens`: a sample's text tokens are the sum of its texts' counts, so parts are counted exactly.
 """
 
@@ -27,6 +28,7 @@ class Part:
     texts: list[str | None]
     images: list[object]
     text_tokens: list[int]  # per text (not per position)
+    continues: bool = False  # its first text is the rest of the text before it (a cut piece of one text)
 
     def cost(self, image_tokens: int) -> int:
         return sum(self.text_tokens) + len(self.images) * image_tokens
@@ -95,16 +97,45 @@ def _blocks(texts: list[str | None], images: list[object], tokens: list[int]) ->
 
 
 def _shrink(block: Part, max_tokens: int, image_tokens: int, count: Counter) -> tuple[list[Part], int]:
-    """A block over the maximum as blocks that fit: its text in pieces, the images with the first one."""
-    budget = max_tokens - len(block.images) * image_tokens
+    """A block over the maximum as blocks that fit: its text in pieces, the images with the first one. Only that
+    first piece is cut to the room the images leave; the rest of the text is cut again at the full maximum, so
+    the parts after it are filled as full as the others."""
     if block.cost(image_tokens) <= max_tokens:
         return [block], 0
+    budget = max_tokens - len(block.images) * image_tokens
     text = block.texts[-1]
-    pieces, dropped = split_text(text, budget, count) if budget > 0 and text is not None else ([], 1)
-    if not pieces:
+    if budget <= 0 or text is None:
+        return [], 1
+    head, dropped = split_text(text, budget, count)
+    if not head:
         return [], dropped
-    first = Part(block.texts[:-1] + [pieces[0][0]], list(block.images), [pieces[0][1]])
-    return [first] + [Part([p], [], [n]) for p, n in pieces[1:]], dropped
+    if text.startswith(head[0][0]):  # the usual case: the rest of the text is cut again at the full maximum
+        rest = text[len(head[0][0]):]
+        tail, dropped = split_text(rest, max_tokens, count) if rest else ([], 0)
+    else:  # a piece dropped at the start or inside the first piece: the other pieces joined at the full maximum
+        tail = _join(head[1:], max_tokens, count)
+    first = Part(block.texts[:-1] + [head[0][0]], list(block.images), [head[0][1]])
+    return [first] + [Part([p], [], [n], continues=True) for p, n in tail], dropped
+
+
+def _append(last: Part, piece: Part, max_tokens: int, image_tokens: int, count: Counter) -> bool:
+    """Add `piece` to the part `last` if the sum fits; a piece that continues the part's last text is joined to
+    it as one text and counted again (the trainer puts a paragraph break between texts: none is invented)."""
+    if last.cost(image_tokens) + piece.cost(image_tokens) > max_tokens:
+        return False
+    if piece.continues and last.texts and last.texts[-1] is not None:
+        merged = last.texts[-1] + piece.texts[0]
+        tokens = count([merged])[0]
+        if sum(last.text_tokens[:-1]) + tokens + len(last.images) * image_tokens > max_tokens:
+            return False
+        last.texts[-1], last.text_tokens[-1] = merged, tokens
+        last.texts += piece.texts[1:]
+        last.text_tokens += piece.text_tokens[1:]
+    else:
+        last.texts += piece.texts
+        last.text_tokens += piece.text_tokens
+    last.images += piece.images
+    return True
 
 
 def fit(texts: list[str | None], images: list[object], tokens: list[int], max_tokens: int, image_tokens: int,
@@ -123,13 +154,10 @@ def fit(texts: list[str | None], images: list[object], tokens: list[int], max_to
         shrunk, lost = _shrink(block, max_tokens, image_tokens, count)
         dropped += lost
         for piece in shrunk:
-            if parts and parts[-1].cost(image_tokens) + piece.cost(image_tokens) <= max_tokens:
-                last = parts[-1]
-                last.texts += piece.texts
-                last.images += piece.images
-                last.text_tokens += piece.text_tokens
-            elif piece.cost(image_tokens) <= max_tokens and piece.text_tokens:
-                parts.append(piece)
+            if parts and _append(parts[-1], piece, max_tokens, image_tokens, count):
+                continue
+            if piece.cost(image_tokens) <= max_tokens and piece.text_tokens:
+                parts.append(Part(piece.texts, piece.images, piece.text_tokens))
             else:  # images with no text room, or trailing images that fit no part: never a sample without text
                 dropped += 1
     return Fitted(parts, "split" if parts else "too_long", dropped)

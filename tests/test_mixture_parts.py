@@ -195,3 +195,34 @@ def test_a_part_is_never_images_alone():
     texts = ["word " * 8, None, None]  # a document that ends with images that do not fit with its text
     fitted = fit(texts, ["i1", "i2"], [8], max_tokens=12, image_tokens=4, too_long="split", count=words)
     assert [p.texts for p in fitted.parts] == [["word " * 8]] and fitted.pieces_dropped == 1
+
+
+def test_a_long_text_after_images_fills_every_part_and_joins_back_exactly():
+    """Only the first piece (the one beside the images) gets the smaller budget: the rest of the text is cut at
+    the full maximum, and each part holds the text as one piece, so no paragraph break is invented."""
+    text = " ".join(f"w{i}" for i in range(100))
+    fitted = fit([None, None, text], ["i1", "i2"], [100], max_tokens=20, image_tokens=4, too_long="split",
+                 count=words)
+    assert fitted.outcome == "split" and fitted.pieces_dropped == 0
+    costs = [part.cost(4) for part in fitted.parts]
+    assert all(cost == 20 for cost in costs[:-1]) and costs[-1] <= 20  # 8 + 12 words, then 20 a part
+    assert len(fitted.parts) == 6 and fitted.parts[0].images == ["i1", "i2"]
+    assert all(len([t for t in part.texts if t is not None]) == 1 for part in fitted.parts)
+    assert "".join(t for part in fitted.parts for t in part.texts if t is not None) == text
+
+
+def test_pieces_of_one_text_never_sit_in_one_part_as_two_texts():
+    """With a tokenizer whose count of a join exceeds the sum of its pieces' counts, two cut pieces of one text
+    could fit one part together: they are then one text, counted again, or two parts, never two texts (the
+    trainer would put a paragraph break between them)."""
+    def heavy(texts: list[str]) -> list[int]:
+        return [len(t.split()) + len(t.split()) // 4 for t in texts]
+
+    for length in range(4, 30):
+        text = " ".join(f"w{i}" for i in range(length))
+        for max_tokens in range(6, 16):
+            fitted = fit([None, text], ["i"], heavy([text]), max_tokens, 2, "split", heavy)
+            assert "".join(t for part in fitted.parts for t in part.texts if t is not None) == text
+            for part in fitted.parts:
+                texts = [t for t in part.texts if t is not None]
+                assert len(texts) == 1 and part.text_tokens == heavy(texts) and part.cost(2) <= max_tokens
