@@ -31,18 +31,15 @@ from filters.decontam.hashing import pixel_key
 from filters.decontam.index import UNDECODABLE, DecontaminationIndex
 from filters.pixels import working_image
 from filters.shard_files import TempFile
+from mixtures.layout import conversation_features
 
 ROWS_PER_GROUP = 64  # parquet row group: a few MB of images
 DATA_FILE = "{name}/train-00000-of-00001.parquet"  # the published repository's layout
 
 
 def published_features():
-    """The features of every published config (HuggingFaceM4/the_cauldron's card: `images`: sequence of image;
-    `texts`: list of {user, assistant, source})."""
-    from datasets import Features, Image, List, Value
-
-    turn = {"user": Value("string"), "assistant": Value("string"), "source": Value("string")}
-    return Features({"images": List(Image()), "texts": List(turn)})
+    """The features of every published config: The Cauldron's schema, defined once in `mixtures.layout`."""
+    return conversation_features(sft=False)
 
 
 REMOVED_SCHEMA = pa.schema([("source_row", pa.int64()), ("reason", pa.string()), ("detail", pa.string())])

@@ -19,9 +19,9 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from datatrove.io import get_datafolder
 
-from cauldron.build import DATA_FILE, published_features
+from cauldron.build import DATA_FILE
 from cauldron.registry import renormalised_shares
-from mixtures.layout import MixtureInfo, SourceTarget, write_info
+from mixtures.layout import MixtureInfo, SourceTarget, conversation_features, write_info
 from filters.shard_files import TempFile
 
 SHARE_TOLERANCE = 0.5  # percentage points: answer-token shares are held to half a point of renormalised Table 14
@@ -34,15 +34,6 @@ class SftOptions:
     rows_per_file: int
     tokenizer: str
     image_tokens: int = 64  # paper, section 2.3
-
-
-def _features():
-    from datasets import Value
-
-    features = published_features()
-    features["subset"] = Value("string")
-    features["answer_tokens"] = Value("int64")
-    return features
 
 
 def _draw(tokens: list[int], target: float, rng: random.Random) -> list[int]:
@@ -94,7 +85,7 @@ def build(output: str, names: list[str], options: SftOptions) -> dict:
 
 
 def _write(out, order: list[tuple[str, int]], tokens: dict, rows_per_file: int) -> int:
-    schema = _features().arrow_schema
+    schema = conversation_features(sft=True).arrow_schema
     datasets = {}
     for number, start in enumerate(range(0, max(len(order), 1), rows_per_file)):
         chunk = order[start:start + rows_per_file]

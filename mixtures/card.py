@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from mixtures.layout import conversation_features
 from mixtures.validate import Report
 
 # Licences as the sources' Hub cards declare them (checked on each card's YAML `license`):
@@ -47,19 +48,6 @@ def licences(report: Report, manifest: dict | None) -> list[tuple[str, str, str,
 
 def _data_files(path: str, split: str = "train") -> list[dict]:
     return [{"split": split, "path": path}]
-
-
-def conversation_features(sft: bool):
-    """`datasets.Features` of the Cauldron's published schema (plus the SFT mixture's columns), so images load as
-    images whatever metadata the parquet files carry."""
-    import datasets
-
-    features = {"images": datasets.List(datasets.Image()),
-                "texts": datasets.List({"user": datasets.Value("string"), "assistant": datasets.Value("string"),
-                                        "source": datasets.Value("string")})}
-    if sft:
-        features.update(subset=datasets.Value("string"), answer_tokens=datasets.Value("int64"))
-    return datasets.Features(features)
 
 
 def _info(config: str, features) -> dict:

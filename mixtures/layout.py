@@ -233,3 +233,16 @@ def datasets_features(max_images: int):
     features = {"json": record}
     features.update({f"{i}.{IMAGE_EXTENSION}": datasets.Image() for i in range(max_images)})
     return datasets.Features(features)
+
+
+def conversation_features(sft: bool = False):
+    """`datasets.Features` of The Cauldron's published schema (HuggingFaceM4/the_cauldron's card: `images`, a list
+    of images; `texts`, a list of {user, assistant, source}), plus the SFT mixture's `subset` and `answer_tokens`."""
+    import datasets
+
+    features = {"images": datasets.List(datasets.Image()),
+                "texts": datasets.List({"user": datasets.Value("string"), "assistant": datasets.Value("string"),
+                                        "source": datasets.Value("string")})}
+    if sft:
+        features.update(subset=datasets.Value("string"), answer_tokens=datasets.Value("int64"))
+    return datasets.Features(features)

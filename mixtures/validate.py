@@ -366,20 +366,14 @@ def cauldron_subsets(folder: DataFolder) -> dict[str, list[str]]:
 
 
 def table14() -> dict[str, dict]:
-    """Table 14's figures per Cauldron config from the Cauldron registry, or {} while it does not exist."""
-    try:
-        from cauldron import registry
-    except ImportError:
-        return {}
-    rows = getattr(registry, "TABLE14", None) or {}
-    return {name: dict(value) if isinstance(value, dict) else asdict(value) for name, value in rows.items()}
+    """Table 14's figures per Cauldron config, from the Cauldron registry."""
+    from cauldron.registry import TABLE14
+
+    return {name: dict(value) if isinstance(value, dict) else asdict(value) for name, value in TABLE14.items()}
 
 
 def validate_cauldron(folder: DataFolder, report: Report, sample: int | None, gallery: int) -> None:
     subsets, reference = cauldron_subsets(folder), table14()
-    if not reference:
-        report.notes.append("Table 14 figures are not available here (no cauldron registry): subsets are counted "
-                            "but not compared with the paper")
     for subset, files in subsets.items():
         if reference and subset not in reference:
             report.failures.append(f"{subset}: not a subset of The Cauldron (Table 14)")
