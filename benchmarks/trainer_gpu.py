@@ -9,8 +9,9 @@ the medians over the steps after `--warmup`, read from the run's `metrics.jsonl`
 text of width 2,048 x 20 layers, SigLIP-base-style vision (768 x 12) at 378 px, resampler 64 x 3
 (`trainer.config.one_b_model`); weights are initialised, not downloaded (the machine needs no network). `mfu` counts
 6 FLOPs per parameter per token plus causal attention and 6 per vision parameter per patch (`trainer.flops`);
-`mfu_6n` is the plain 6 N FLOPs per token most reports quote; on CPU there is no MFU. The tokenizer is the repository's tiny one (2,051 entries), so the LM head is smaller than
-Mistral's (32,000): the text FLOPs are those of the model as built.
+`mfu_6n` is the plain 6 N FLOPs per token most reports quote; on CPU there is no MFU. The tokenizer is the
+repository's tiny one (2,051 entries), so the LM head is smaller than Mistral's (32,000): the text FLOPs are those
+of the model as built.
 """
 
 from __future__ import annotations

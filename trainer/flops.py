@@ -1,11 +1,12 @@
 """An analytic FLOP count for MFU: 6 FLOPs per parameter per token (forward 2, backward 4; Kaplan et al. 2020,
 "Scaling Laws for Neural Language Models", section 2.1) for the text model over every sequence position, plus
 its attention (QK^T and AV, forward and backward: 6 * 2 * layers * width * sequence length per token for a full
-mask, halved for the causal mask since only the lower triangle is useful work, as PaLM's appendix B counts it),
-plus 6 FLOPs per vision parameter per image patch. Beside it, `step_flops_6n` is the plain 6 N FLOPs per token
-(N: every parameter but the input embedding), the figure most reports quote, logged as `mfu_6n`. The resampler runs on few latents and is counted
-with the vision side per patch (an overestimate of well under 1% at Idefics2's sizes). With frozen backbones the
-real backward is cheaper (no weight gradients): MFU is then an upper bound, as in most reports.
+mask, halved here for the causal mask: only its lower triangle is work, and causal attention kernels skip the
+rest), plus 6 FLOPs per vision parameter per image patch. Beside it, `step_flops_6n` is the plain 6 N FLOPs per
+token (N: every parameter but the input embedding), the figure most reports quote, logged as `mfu_6n`. The
+resampler runs on few latents and is counted with the vision side per patch (an overestimate of well under 1% at
+Idefics2's sizes). With frozen backbones the real backward is cheaper (no weight gradients): MFU is then an upper
+bound, as in most reports.
 """
 
 from __future__ import annotations
