@@ -241,24 +241,44 @@ def test_resume_skips_done_shards_and_refuses_other_settings(sources, tmp_path):
     assert result.returncode == 2 and "was made with another seed" in result.stderr
 
 
-def test_unreadable_images_are_counted_not_fatal(sources, tmp_path):
-    """A corrupted image in the OBELICS output's images tar: its samples lose it, the loss is counted."""
-    copy = tmp_path / "obelics"
-    shutil.copytree(sources / "obelics", copy, ignore=shutil.ignore_patterns("cache", "logs"))
+def _break_every_other_image(output: Path, copy: Path) -> None:
+    """A copy of a pipeline output whose images tars hold a corrupted JPEG every other image."""
+    shutil.copytree(output, copy, ignore=shutil.ignore_patterns("cache", "logs"))
     for tar_path in sorted((copy / "images").glob("*.tar")):
         with tarfile.open(tar_path) as tar:
             members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
         with tarfile.open(tar_path, "w") as tar:
-            for member, data in members:
-                if member.name.endswith(".jpg"):
+            for number, (member, data) in enumerate(members):
+                if member.name.endswith(".jpg") and number % 4 < 2:  # a .jpg and its .json in turn: every other one
                     data = b"\xff\xd8not a jpeg" + bytes(len(data))
                 member.size = len(data)
                 tar.addfile(member, io.BytesIO(data))
-    result = build(sources, tmp_path / "out", "--source", f"obelics={copy}", "--samples", "50")
+
+
+def test_unreadable_images_are_counted_and_replaced_never_written_without(sources, tmp_path):
+    """Corrupted images in the OBELICS and LAION-COCO outputs: a pair that loses its image is no sample, nor is a
+    document that loses all of them (a document keeps the images it has left); each is counted and the next unit
+    of its source takes its place, so every quota is exact; the same seed still gives the same bytes on 1 or 2
+    workers."""
+    _break_every_other_image(sources / "obelics", tmp_path / "obelics")
+    _break_every_other_image(sources / "laion_coco", tmp_path / "laion_coco")
+    flags = ["--source", f"obelics={tmp_path / 'obelics'}", "--source", f"pairs={tmp_path / 'laion_coco'}",
+             "--samples", "60", "--shard-size", "20"]
+    result = build(sources, tmp_path / "out", *flags)
     assert result.returncode == 0, result.stderr
-    summary = json.loads((tmp_path / "out" / "summary.json").read_text())["sources"]["obelics"]
-    assert summary["images_lost"].get("not_an_image", 0) > 0 and summary["images"] == 0
-    assert all(s.images == [] for s in read_mixture(tmp_path / "out") if s.source == "obelics")
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())["sources"]
+    for name in ("obelics", "pairs"):
+        assert summary[name]["samples"] == summary[name]["target_samples"] and summary[name]["exhausted_in_shards"] == 0
+        assert summary[name]["images_lost"]["not_an_image"] > 0
+    assert summary["pairs"]["unreadable"]["images_lost"] == summary["pairs"]["images_lost"]["not_an_image"]
+    assert summary["obelics"]["images_lost"]["not_an_image"] > summary["obelics"]["unreadable"].get("images_lost", 0)
+    samples = read_mixture(tmp_path / "out")
+    assert all(len(s.images) == 1 for s in samples if s.source == "pairs")
+    assert all(s.images and s.texts.count(None) == len(s.images) for s in samples if s.source == "obelics")
+    again = build(sources, tmp_path / "again", *flags, "--workers", "2")
+    assert again.returncode == 0, again.stderr
+    for tar in sorted((tmp_path / "out" / "data").iterdir()):
+        assert tar.read_bytes() == (tmp_path / "again" / "data" / tar.name).read_bytes(), tar.name
 
 
 PAGES_ONLY = """
