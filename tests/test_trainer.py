@@ -470,3 +470,48 @@ def test_flops_count_causal_attention_and_log_mfu_6n():
     assert model.step_flops_6n([10, 4]) == 6 * 1500 * 14
     row = metrics_row(1, 1e-4, [2.0, 14, 16, 1, 0.0, 2e12, 1e12], 2.0, 1.0, 1, 1e13)
     assert row["mfu"] == pytest.approx(0.2) and row["mfu_6n"] == pytest.approx(0.1)
+
+
+def write_at_limit(folder: Path, processor, extra_words: int = 0) -> tuple[Path, int]:
+    """A pretraining mixture of one sample (3 images, 4 texts, two of them adjacent) whose `tokens.total`, counted as
+    the mixture counts (texts without special tokens + `image_tokens` an image), equals its source's `max_tokens`
+    (plus `extra_words`), and is over 2,048 tokens once rendered."""
+    rng = random.Random(5)
+    texts = [None, sentence(rng, 260), None, sentence(rng, 200), sentence(rng, 320), None, sentence(rng, 260)]
+    texts[-1] += " red" * extra_words
+    images = [jpeg(i, (40 + 8 * i, 30)) for i in range(3)]
+    text_tokens = sum(len(processor.tokenizer(t, add_special_tokens=False).input_ids) for t in texts if t)
+    image_tokens = processor.image_seq_len
+    total = text_tokens + image_tokens * len(images)
+    sample = Sample("s0", "obelics", texts, images, tokens={"text": text_tokens, "image": image_tokens * 3,
+                                                            "total": total})
+    (folder / "data").mkdir(parents=True)
+    with tarfile.open(folder / "data" / "00000.tar", "w") as tar:
+        add_sample(tar, sample)
+    limit = total - extra_words
+    info = MixtureInfo("pretrain", "stage1", "samples", {"obelics": SourceTarget(1.0, max_tokens=limit)},
+                       "data/*.tar", image_tokens=image_tokens)
+    (folder / "mixture.json").write_text(json.dumps(info.to_json()))
+    return folder, limit
+
+
+def test_a_sample_at_the_mixtures_token_limit_trains(tmp_path, processor):
+    """The mixture accepts a sample whose counted tokens equal its source's `max_tokens`; the trainer's template
+    (BOS/EOS, image separators, "\\n\\n" between texts) adds tokens the mixture does not count, and must not make
+    it `too_long`. One token more than the limit is still refused; `--max-length` stays an explicit cap."""
+    from trainer.data import examples_of, find_files
+
+    data, limit = write_at_limit(tmp_path / "mix", processor)
+    assert limit > 2000  # the mixture allows it; rendered, it is over the old fixed 2,048
+    (files,) = find_files([str(data)])
+    ((_, example),) = list(examples_of(files, 0))
+    assert len(Renderer(processor, None, answers_only=False).render(example).input_ids) > 2048
+    with pytest.raises(BadSample, match="too_long"):
+        Renderer(processor, 1024, answers_only=False).render(example)
+    over, _ = write_at_limit(tmp_path / "over", processor, extra_words=1)
+    ((_, example),) = list(examples_of(find_files([str(over)])[0], 0))
+    with pytest.raises(BadSample, match="too_long"):
+        Renderer(processor, None, answers_only=False).render(example)
+    train("--data", str(data), "--model", "tiny", "--steps", "1", "--batch-size", "1", "--length-buffer", "1",
+          "--workers", "0", "--output", str(tmp_path / "run"))
+    assert json.loads((tmp_path / "run" / "skipped.json").read_text()) == {}

@@ -33,6 +33,9 @@ class Example:
     images: list[bytes]
     texts: list[str | None] | None = None
     turns: list[tuple[str, str]] | None = None
+    # From a pretraining mixture: (its source's `max_tokens`, the mixture's `image_tokens`), the limit the mixture
+    # accepted the sample under; None for other data
+    mixture_limit: tuple[int, int] | None = None
 
     def length_estimate(self, image_tokens: int) -> int:
         """Tokens, roughly (4 characters a token): what length grouping sorts by without tokenizing."""
@@ -47,10 +50,19 @@ class Rendered:
     images: list[Image.Image]
 
 
-class Renderer:
-    """Builds one example's prompt, token ids and labels; a sample that cannot be trained on raises `BadSample`."""
+DEFAULT_MAX_LENGTH = 2048  # rendered tokens of a sample without a mixture limit (the mixture specs' usual max_tokens)
 
-    def __init__(self, processor, max_length: int, answers_only: bool):
+
+class Renderer:
+    """Builds one example's prompt, token ids and labels; a sample that cannot be trained on raises `BadSample`.
+
+    Length: a sample from a pretraining mixture is too long only when the mixture would have refused it (its texts'
+    tokens without special tokens + `image_tokens` an image, over its source's `max_tokens`, `mixtures.tokens`'
+    count): the template tokens the mixture does not count (BOS/EOS, image separators, "\n\n" between texts)
+    never drop a sample it accepted. Other samples are limited to `DEFAULT_MAX_LENGTH` rendered tokens.
+    `max_length`, when given, caps every rendered sample."""
+
+    def __init__(self, processor, max_length: int | None, answers_only: bool):
         self.processor, self.tokenizer = processor, processor.tokenizer
         self.max_length, self.answers_only = max_length, answers_only
         self.fake, self.image = processor.fake_image_token, processor.image_token
@@ -109,13 +121,24 @@ class Renderer:
             labels.append(self.tokenizer.eos_token_id)
         if ids.count(self.image_id) != self.image_tokens * len(example.images):
             raise BadSample("image_token_mismatch")
-        if len(ids) > self.max_length:
+        if self.too_long(example, len(ids)):
             raise BadSample("too_long")
         if all(label == IGNORE for label in labels):
             raise BadSample("nothing_to_learn")
         size = self.processor.image_processor.size
         bounds = (size["shortest_edge"], size["longest_edge"])
         return Rendered(ids, labels, [open_image(data, *bounds) for data in example.images])
+
+
+    def too_long(self, example: Example, rendered: int) -> bool:
+        if self.max_length is not None and rendered > self.max_length:
+            return True
+        if example.mixture_limit is None or example.texts is None:
+            return rendered > DEFAULT_MAX_LENGTH
+        max_tokens, image_tokens = example.mixture_limit
+        texts = [t for t in example.texts if t]
+        counted = sum(len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]) if texts else 0
+        return counted + image_tokens * len(example.images) > max_tokens
 
 
 class BadSample(Exception):

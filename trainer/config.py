@@ -112,7 +112,9 @@ class TrainConfig:
     steps: int = 100
     batch_size: int = 4
     grad_accum: int = 1
-    max_length: int = 2048  # tokens per sample; longer samples are counted as too_long and skipped
+    # Rendered tokens a sample may have, a cap over all data; None: a pretraining mixture's samples keep the
+    # mixture's own limit (its sources' max_tokens, template tokens not counted), other samples get 2,048
+    max_length: int | None = None
     lr_new: float = 1e-4  # connector (and every weight of a model without pretrained backbones)
     lr_adapted: float = 1e-5  # LoRA/DoRA adapters on the backbones
     weight_decay: float = 0.1

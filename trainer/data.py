@@ -35,6 +35,10 @@ from trainer.config import ConfigError
 class DataFile:
     path: str
     kind: str  # "pretrain" (tar) or "sft" (parquet)
+    # A pretraining mixture's ((source, max_tokens), ...) and image_tokens from its mixture.json: the length limit
+    # each sample was accepted under, which the trainer keeps (`collate.Renderer`)
+    max_tokens: tuple[tuple[str, int], ...] = ()
+    image_tokens: int = 64
 
 
 def find_files(paths: list[str]) -> list[DataFile]:
@@ -68,13 +72,29 @@ def _files_of(path: str) -> list[DataFile]:
         outside = not isinstance(pattern, str) or ".." in pattern or pattern.startswith("/")
         if kind not in ("pretrain", "sft") or outside:
             raise ConfigError(f"--data {path}: {MIXTURE_FILE} has kind {kind!r}, files {pattern!r}")
-        return [DataFile(f, kind) for f in sorted(glob.glob(str(root / pattern)))]
+        limits, image_tokens = _limits(path, info) if kind == "pretrain" else ((), 64)
+        return [DataFile(f, kind, limits, image_tokens) for f in sorted(glob.glob(str(root / pattern)))]
     inner = sorted(p.parent for p in root.rglob(MIXTURE_FILE))
     if inner:  # e.g. the Cauldron's output: its subsets and the SFT mixture drawn from them (the same rows twice)
         raise ConfigError(f"--data {path}: holds the mixture {inner[0]}; name it, or the subset folders, instead")
     tars = sorted(str(p) for p in root.rglob("*.tar"))
     parquets = sorted(str(p) for p in root.rglob("*.parquet") if "removed" not in p.relative_to(root).parts)
     return [DataFile(f, "pretrain") for f in tars] + [DataFile(f, "sft") for f in parquets]
+
+
+def _limits(path: str, info: dict) -> tuple[tuple[tuple[str, int], ...], int]:
+    """The sources' `max_tokens` and the `image_tokens` of a mixture.json (`mixtures.layout.MixtureInfo`)."""
+    sources, image_tokens = info.get("sources", {}), info.get("image_tokens", 64)
+    if not isinstance(sources, dict) or not isinstance(image_tokens, int) or image_tokens < 0:
+        raise ConfigError(f"--data {path}: {MIXTURE_FILE} has sources {sources!r}, image_tokens {image_tokens!r}")
+    limits = []
+    for name, target in sorted(sources.items()):
+        limit = target.get("max_tokens") if isinstance(target, dict) else None
+        if limit is not None and (not isinstance(limit, int) or limit < 1):
+            raise ConfigError(f"--data {path}: {MIXTURE_FILE} source {name!r} has max_tokens {limit!r}")
+        if limit is not None:
+            limits.append((name, limit))
+    return tuple(limits), image_tokens
 
 
 def _check_parquet(path: str) -> None:
@@ -86,16 +106,20 @@ def _check_parquet(path: str) -> None:
         raise ConfigError(f"--data {path}: columns {sorted(names)}; SFT data needs 'images' and 'texts'")
 
 
-def _tar_examples(path: str, start: int) -> Iterator[tuple[int, Example | str]]:
-    """(row, example or the reason it is bad) of one tar from row `start`."""
-    with open(path, "rb") as f:
+def _tar_examples(data: DataFile, start: int) -> Iterator[tuple[int, Example | str]]:
+    """(row, example or the reason it is bad) of one tar from row `start`; a sample of a source with a
+    `max_tokens` carries that limit."""
+    limits = dict(data.max_tokens)
+    with open(data.path, "rb") as f:
         for row, sample in enumerate(iter_samples(f)):
             if row < start:
                 continue
             if isinstance(sample, BadSample):
                 yield row, sample.reason
             else:
-                yield row, Example(f"{path}:{row}", sample.images, texts=sample.texts)
+                limit = limits.get(sample.source)
+                yield row, Example(f"{data.path}:{row}", sample.images, texts=sample.texts,
+                                   mixture_limit=None if limit is None else (limit, data.image_tokens))
 
 
 def _parquet_row(path: str, row: int, images, texts) -> Example | str:
@@ -110,8 +134,9 @@ def _parquet_row(path: str, row: int, images, texts) -> Example | str:
     return Example(f"{path}:{row}", data, turns=turns)
 
 
-def _parquet_examples(path: str, start: int) -> Iterator[tuple[int, Example | str]]:
+def _parquet_examples(data: DataFile, start: int) -> Iterator[tuple[int, Example | str]]:
     """Rows from `start`, a row group at a time in slices of 64 rows (bounded memory)."""
+    path = data.path
     source = pq.ParquetFile(path)
     row = 0
     for group in range(source.num_row_groups):
@@ -131,7 +156,7 @@ def examples_of(data: DataFile, start: int) -> Iterator[tuple[int, Example | str
     reader = _tar_examples if data.kind == "pretrain" else _parquet_examples
     row = start
     try:
-        for row, item in reader(data.path, start):
+        for row, item in reader(data, start):
             yield row, item
     except Exception as err:  # a truncated tar or parquet, a file removed under us: counted, never a crash
         from datatrove.utils.logging import logger

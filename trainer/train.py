@@ -40,7 +40,8 @@ FLAGS = [  # (TrainConfig field, type, help); defaults and their sources are in 
     ("steps", int, "optimizer steps in the whole run"),
     ("batch_size", int, "samples per batch per rank"),
     ("grad_accum", int, "batches per optimizer step"),
-    ("max_length", int, "tokens per sample, image tokens included; longer samples are counted and skipped"),
+    ("max_length", int, "cap on a sample's rendered tokens, image tokens included; longer samples are counted and "
+                        "skipped (unset: a mixture's sources' max_tokens, 2048 for other data)"),
     ("lr_new", float, "peak learning rate of the new parameters (the connector; all of a model built from scratch)"),
     ("lr_adapted", float, "peak learning rate of the adapters and other adapted parameters"),
     ("warmup_steps", int, "linear warmup steps, then cosine decay"),
@@ -83,7 +84,7 @@ def parse_args(argv: list[str] | None) -> tuple[TrainConfig, ModelConfig]:
     model.image_splitting = model.image_splitting or args.pop("image_splitting")
     train = TrainConfig(**{**args, "data": [p for p in args["data"].split(",") if p]})
     for name in ("steps", "batch_size", "grad_accum", "max_length", "length_buffer", "checkpoint_every", "log_every"):
-        if getattr(train, name) < 1:
+        if getattr(train, name) is not None and getattr(train, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
     if train.length_buffer < train.batch_size:
         raise ConfigError("--length-buffer must hold at least one batch (>= --batch-size)")
