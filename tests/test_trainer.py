@@ -198,8 +198,10 @@ def test_a_long_image_is_not_stretched_by_the_image_processor(tmp_path, checkpoi
 
     cfg = tiny_model()
     cfg.image_longest_edge, cfg.image_shortest_edge = 980, 378
-    if checkpoint:
-        build_processor(cfg).save_pretrained(tmp_path)
+    if checkpoint:  # saved as a released Idefics2's processor is: resizing on
+        saved = build_processor(cfg)
+        saved.image_processor.do_resize = True
+        saved.save_pretrained(tmp_path)
         cfg.checkpoint = str(tmp_path)
     renderer = Renderer(build_processor(cfg), 4096, answers_only=False)
     example = Example("x", [jpeg(1, (2000, 400)), jpeg(2, (400, 500))], texts=[None, "x", None])
