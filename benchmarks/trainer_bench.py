@@ -7,6 +7,13 @@ spread from ~20 to ~600 tokens, a third of the samples with an image), same seed
 after the other; the only difference is `--length-buffer` (the batch size = no grouping, or `--buffer` samples
 sorted by length). It prints the medians of `padding_fraction` and `tokens_per_s` (real tokens, data wait
 included) from each run's `metrics.jsonl` and their ratios.
+
+    python benchmarks/trainer_bench.py --walk [--samples 128]
+
+Every DataLoader worker walks the whole sample stream (tar parsing, JSON, image bytes read but not decoded) to
+know the batches, and collates only its own. `--walk` times that shared walk against collating the same batches
+(decode, fit, tokenize, pad), side by side on one mixture of the GPU benchmark's 1b shape (`trainer_gpu.py`: 4
+images at 378 px, ~2,048 tokens a sample): with K workers each one's extra work is about K x that ratio.
 """
 
 from __future__ import annotations
@@ -58,14 +65,45 @@ def run(data: Path, output: Path, steps: int, batch: int, buffer: int) -> dict[s
     return {name: statistics.median(r[name] for r in rows) for name in ("padding_fraction", "tokens_per_s")}
 
 
+def walk_share(root: Path, samples: int, batch: int = 8) -> None:
+    """Seconds of the shared walk and of the owners' collation over the same batches, and their ratio."""
+    import time
+
+    from benchmarks.trainer_gpu import write_mixture as write_1b
+    from trainer.collate import Renderer, collate
+    from trainer.config import one_b_model
+    from trainer.data import StreamSpec, batches, find_files
+    from trainer.model import build_processor
+
+    write_1b(root / "walk", samples, 2048, 4, 378, 64)
+    renderer = Renderer(build_processor(one_b_model()), None, answers_only=False)
+    spec = StreamSpec(find_files([str(root / "walk")]), batch, 4 * batch, renderer.image_tokens)
+    started, walked = time.perf_counter(), []
+    for index, _, examples, _ in batches(spec):
+        if index >= samples // batch:
+            break
+        walked.append((index, examples))
+    walk = time.perf_counter() - started
+    started = time.perf_counter()
+    for index, examples in walked:
+        collate(renderer, examples, index, {})
+    work = time.perf_counter() - started
+    print(f"{len(walked)} batches of {batch}: shared walk {walk:.2f} s, collate {work:.2f} s, "
+          f"walk / collate {walk / work:.3f}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--walk", action="store_true", help="time the workers' shared walk against collation")
     parser.add_argument("--samples", type=int, default=640)
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--buffer", type=int, default=64)
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="trainer-bench-"))
+    if args.walk:
+        walk_share(root, args.samples)
+        return 0
     write_mixture(root / "data", args.samples)
     plain = run(root / "data", root / "plain", args.steps, args.batch, args.batch)
     grouped = run(root / "data", root / "grouped", args.steps, args.batch, args.buffer)
