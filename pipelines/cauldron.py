@@ -131,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
     names = [e.name for e in entries]
     manifest = {"pipeline": "cauldron", "input": normalise_path(options.source), "files": names,
                 "steps": ["format", "decontam", "write", "sft"], "limit": None,
-                "options": output_options(options, "")}
+                "options": output_options(options, ""), "summary": "own"}  # pipelines.status must not merge it
     index = resolve_index(options.decontam_index, args.output)
     check_and_write(output, manifest, range(len(names)))
     settings = SubsetSettings(os.path.abspath(args.output), names, normalise_path(options.source),

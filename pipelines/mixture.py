@@ -132,7 +132,8 @@ def size_shards(plan: Plan, shard_size: tuple[str, int]) -> Plan:
 
 
 def manifest(plan: Plan) -> dict:
-    return {"pipeline": "mixture", "spec": plan.spec.to_json(), "samples": plan.samples, "seed": plan.seed,
+    return {"pipeline": "mixture", "tasks": plan.shards, "summary": "own",  # for pipelines.status
+            "spec": plan.spec.to_json(), "samples": plan.samples, "seed": plan.seed,
             "samples_per_shard": plan.samples_per_shard, "tokenizer": normalise_path(plan.tokenizer),
             "sources": {s.name: [[normalise_path(f.folder), f.name, f.units] for f in s.files] for s in plan.sources}}
 

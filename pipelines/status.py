@@ -44,18 +44,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def selected_shards(output: DataFolder) -> tuple[str, range]:
-    """(pipeline name, the shards selected so far) from the manifest, or from an older output's run.json."""
+def selected_shards(output: DataFolder) -> tuple[str, range, bool]:
+    """(pipeline name, the shards selected so far, whether summary.json is the document pipelines' to merge) from
+    the manifest, or from an older output's run.json. A task is an input file, or (`tasks`: the mixture builder's
+    output shards) a number; `"summary": "own"` (mixtures, The Cauldron) means its command writes its summary."""
     if not output.exists(""):
         raise UsageError(f"{output.path}: no such folder")
     for name in (MANIFEST_FILE, OLD_RUN_FILE):
         record = read_json(output, name)
         if record is None:
             continue
-        files = record.get("files")
-        if not isinstance(files, list):
+        files, tasks = record.get("files"), record.get("tasks")
+        if not isinstance(files, list) and not isinstance(tasks, int):
             raise UsageError(f"{output.resolve_paths(name)}: has no list of input files")
-        return str(record.get("pipeline", "?")), _shard_range(record.get("shards"), len(files), output, name)
+        count = len(files) if isinstance(files, list) else tasks
+        merges = record.get("summary", "documents") == "documents"
+        return str(record.get("pipeline", "?")), _shard_range(record.get("shards"), count, output, name), merges
     raise UsageError(f"{output.path}: no {MANIFEST_FILE} or {OLD_RUN_FILE}: not an output of these pipelines, or "
                      f"its first run has not started")
 
@@ -117,7 +121,7 @@ def _report_calibration(logging_dir: DataFolder) -> None:
 def report(output_path: str, logging_path: str | None) -> int:
     output = get_datafolder(output_path)
     logging_dir = get_datafolder(logging_path or os.path.join(output_path, "logs"))
-    pipeline, shards = selected_shards(output)
+    pipeline, shards, merges = selected_shards(output)
     done_all, failed_all = shard_outcomes(logging_dir)
     done = sorted(done_all & set(shards))
     failed = sorted(failed_all & set(shards))
@@ -136,6 +140,10 @@ def report(output_path: str, logging_path: str | None) -> int:
         print(f"  Slurm job(s) {','.join(queued)} still queued or running")
     _report_calibration(logging_dir)
 
+    if not merges:
+        print(f"  counts: {output.resolve_paths(summaries.SUMMARY_FILE)}, written by the {pipeline} command when its "
+              f"tasks are done")
+        return EXIT_FAILED if failed else EXIT_PENDING if pending else EXIT_DONE
     summary, added = merge_summary(output, logging_dir, done)
     totals = summaries.total({n: r for n, r in summary["shards"].items() if int(n) in shards})
     print(summaries.format_report(f"counts so far ({len(done)} done shards)", totals))

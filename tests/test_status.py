@@ -112,3 +112,18 @@ def test_calibration_pass_is_shown(tmp_path):
     result = status(str(output))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "  calibration pass: 2 shard(s) scored, 0 failed" in result.stdout
+
+
+@pytest.mark.parametrize("manifest", [
+    {"pipeline": "cauldron", "files": ["ai2d", "vqav2"], "shards": [0, 1], "summary": "own"},
+    {"pipeline": "mixture", "tasks": 2, "summary": "own"}])
+def test_outputs_with_their_own_summary_are_reported_and_left_alone(tmp_path, manifest):
+    """A Cauldron or mixture output: status shows its tasks and never rewrites the summary its command wrote."""
+    (tmp_path / "logs" / "completions").mkdir(parents=True)
+    (tmp_path / "logs" / "completions" / "00000").touch()
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    (tmp_path / "summary.json").write_text('{"total": {"rows": 7}}')
+    result = status(str(tmp_path))
+    assert result.returncode == 3, result.stderr  # one task done, one pending
+    assert "done            1" in result.stdout and "pending         1" in result.stdout
+    assert (tmp_path / "summary.json").read_text() == '{"total": {"rows": 7}}'
