@@ -14,6 +14,7 @@ steps on the stage 1 mixture and on the SFT mixture, with the loss going down.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 from importlib import resources
@@ -108,7 +109,19 @@ def recipe_after_pipelines(output: str, index: str, workers: list[str]) -> int:
 def train_main(argv: list[str]) -> int:
     from trainer import train  # torch and transformers: imported only when the demo gets here
 
-    return train.main(argv)
+    status = train.main(argv)
+    if status == 0:
+        print(loss_line(argv[argv.index("--output") + 1]), file=sys.stderr)
+    return status
+
+
+def loss_line(run: str) -> str:
+    """The loss at the first and last logged steps of a training run, and where its curve is."""
+    with open(f"{run}/metrics.jsonl") as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    first, last = rows[0], rows[-1]
+    return (f"demo: loss {first['loss']:.2f} at step {first['step']} -> {last['loss']:.2f} at step {last['step']}; "
+            f"curve in {run}/loss.png")
 
 
 if __name__ == "__main__":
