@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datatrove.io import DataFolder, get_datafolder
 from datatrove.pipeline.base import PipelineStep
 
+from filters.errors import command
 from pipelines import summary as summaries
 from pipelines.calibration import CalibrationError, calibrate, calibrated_steps, check_calibration_inputs
 from pipelines.executors import ExecutorOptions, run_executor
@@ -266,15 +267,17 @@ def _report_problems(logging_dir: DataFolder, pending: list[int], records: dict[
 
 
 def main(spec: PipelineSpec, argv: Sequence[str] | None = None) -> int:
-    args = build_parser(spec).parse_args(argv)
-    try:
-        return run(spec, args)
-    except (UsageError, ShardInputError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except CalibrationError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted; run the same command to resume", file=sys.stderr)
-        return 130
+    """A pipeline's command: usage errors and Ctrl-C end as every command's do (`filters.errors.command`)."""
+
+    @command
+    def pipeline(argv: Sequence[str] | None) -> int:
+        args = build_parser(spec).parse_args(argv)
+        try:
+            return run(spec, args)
+        except ShardInputError as error:  # an input file unreadable before any work: the user's to fix
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        except CalibrationError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+    return pipeline(argv)
