@@ -26,7 +26,7 @@ from cauldron import registry, sources
 from cauldron.build import SubsetSettings, BuildSubsets
 from cauldron.sft_mixture import SftOptions, build as build_sft
 from filters.errors import UsageError, command
-from pipelines.executors import ExecutorOptions, run_executor, shard_outcomes
+from pipelines.executors import ExecutorOptions, report_failed, run_executor, shard_outcomes
 from pipelines.manifest import check_and_write
 from pipelines.options import add_arguments, from_args, normalise_path, option, output_options
 
@@ -140,10 +140,7 @@ def run(args: argparse.Namespace) -> int:
     logging_dir = args.logging_dir or os.path.join(args.output, "logs")
     run_executor([BuildSubsets(settings)], len(names), range(len(names)), logging_dir, executor)
     _, failed = shard_outcomes(get_datafolder(logging_dir))
-    if failed:
-        for rank in sorted(failed):
-            print(f"error: subset {names[rank]} failed: {_error(logging_dir, rank)}", file=sys.stderr)
-        print(f"{len(failed)} subset(s) failed; run the same command again to retry them", file=sys.stderr)
+    if report_failed(get_datafolder(logging_dir), sorted(failed), "subset", names.__getitem__):
         return 1
     print(report(output, names))
     sft = build_sft(args.output, names, SftOptions(options.sft_tokens, options.seed, options.sft_rows_per_file,
@@ -151,11 +148,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"cauldron: SFT mixture of {sft['rows']:,} rows, {sft['answer_tokens']:,} answer tokens over "
           f"{len(sft['subsets'])} subsets in {output.resolve_paths('sft')}")
     return 0
-
-
-def _error(logging_dir: str, rank: int) -> str:
-    path = os.path.join(logging_dir, "errors", f"{rank:05d}.txt")
-    return open(path).read().strip() if os.path.isfile(path) else "did not finish"
 
 
 def report(output, names: list[str]) -> str:

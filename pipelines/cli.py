@@ -23,7 +23,7 @@ from datatrove.pipeline.base import PipelineStep
 from filters.errors import command
 from pipelines import summary as summaries
 from pipelines.calibration import CalibrationError, calibrate, calibrated_steps, check_calibration_inputs
-from pipelines.executors import ExecutorOptions, run_executor
+from pipelines.executors import ExecutorOptions, report_failed, run_executor
 from pipelines.manifest import check_and_write
 from pipelines.options import UsageError, add_arguments, from_args, normalise_path, output_options
 from pipelines.shards import DiscardingWriter, ShardWriter, shard_name
@@ -251,17 +251,7 @@ def _report_problems(logging_dir: DataFolder, pending: list[int], records: dict[
             print(f"error: shard {name}: input {record['input']} != kept {record['kept']} + removed "
                   f"{sum(record['removed'].values())}: a step lost documents", file=sys.stderr)
             status = 1
-    failed = [s for s in pending if shard_name(s) not in records]
-    for shard in failed:
-        error_file = f"errors/{shard_name(shard)}.txt"
-        reason = "did not finish"
-        if logging_dir.isfile(error_file):
-            with logging_dir.open(error_file, "r") as f:
-                reason = f.read().strip()
-        print(f"error: shard {shard_name(shard)} failed: {reason} "
-              f"(log: {logging_dir.resolve_paths(f'logs/task_{shard_name(shard)}.log')})", file=sys.stderr)
-    if failed:
-        print(f"{len(failed)} shard(s) failed; run the same command again to retry them", file=sys.stderr)
+    if report_failed(logging_dir, [s for s in pending if shard_name(s) not in records]):
         status = 1
     return status
 

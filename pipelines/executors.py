@@ -730,3 +730,19 @@ def _documents_read(folder: DataFolder, shard: int) -> int:
         return int(documents["total"] if isinstance(documents, dict) else documents)
     except (OSError, ValueError, KeyError, IndexError, TypeError):
         return 0
+
+
+def report_failed(logging_dir: DataFolder, ranks: list[int], unit: str = "shard",
+                  name: Callable[[int], str] = shard_name) -> int:
+    """One `error:` line per task that did not finish (its error file's text and its log), then how to retry;
+    returns how many."""
+    for rank in ranks:
+        error_file, reason = f"errors/{shard_name(rank)}.txt", "did not finish"
+        if logging_dir.isfile(error_file):
+            with logging_dir.open(error_file, "r") as f:
+                reason = f.read().strip()
+        log = logging_dir.resolve_paths(f"logs/task_{shard_name(rank)}.log")
+        print(f"error: {unit} {name(rank)} failed: {reason} (log: {log})", file=sys.stderr)
+    if ranks:
+        print(f"{len(ranks)} {unit}(s) failed; run the same command again to retry them", file=sys.stderr)
+    return len(ranks)

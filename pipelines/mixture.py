@@ -31,7 +31,7 @@ from mixtures.sources import check_source
 from mixtures.spec import StageSpec, load_spec
 from mixtures.tokens import DEFAULT_TOKENIZER, TokenCounter
 from pipelines.cli import default_cache_dir
-from pipelines.executors import ExecutorOptions, quiet_console, run_executor, shard_outcomes
+from pipelines.executors import ExecutorOptions, quiet_console, report_failed, run_executor, shard_outcomes
 from pipelines.manifest import MANIFEST_FILE, read_json, write_json
 from pipelines.options import UsageError, at_least, normalise_path
 
@@ -260,13 +260,7 @@ def _problems(plan: Plan, summary: dict, logging_path: str) -> int:
                   f"{plan.output}/{SUMMARY_FILE}", file=sys.stderr)
             status = 1
     missing = sorted(set(range(plan.shards)) - set(read_accounting(plan)))
-    for shard in missing:
-        error = os.path.join(logging_path, "errors", f"{shard_name(shard)}.txt")
-        reason = open(error).read().strip() if os.path.isfile(error) else "did not finish"
-        print(f"error: shard {shard_name(shard)} failed: {reason} (log: {logging_path}/logs/task_"
-              f"{shard_name(shard)}.log)", file=sys.stderr)
-    if missing:
-        print(f"{len(missing)} shard(s) failed; run the same command again to retry them", file=sys.stderr)
+    if report_failed(get_datafolder(logging_path), missing):
         status = 1
     return status
 
