@@ -32,6 +32,7 @@ from datatrove.io import DataFolder, get_datafolder
 from datatrove.utils.logging import logger
 
 from filters.errors import command
+from filters.image_decode import DEFAULT_MAX_PIXELS
 from mixtures.layout import MIXTURE_FILE, BadSample, MixtureInfo, Sample, iter_samples, read_info
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -39,7 +40,7 @@ DEFAULT_TOLERANCE = 1.0  # percentage points a share may be off its target (the 
 GALLERY_PER_SOURCE = 3  # samples per source shown in the HTML gallery
 THUMBNAIL_SIDE = 256  # px, longest side of a gallery image
 GALLERY_TEXT_CHARS = 1200  # a gallery text longer than this is cut (the page stays light with long documents)
-MAX_THUMBNAIL_PIXELS = 89_478_485  # Pillow's decompression-bomb threshold: a larger image is not decoded
+MAX_THUMBNAIL_PIXELS = DEFAULT_MAX_PIXELS  # Pillow's decompression-bomb threshold: a larger image is not decoded
 SUMMARY_FILE, MANIFEST_FILE = "summary.json", "manifest.json"
 SFT_COLUMNS = ["images", "texts", "subset", "answer_tokens"]  # the SFT mixture's parquet columns (contract)
 REMOTE_ERROR_MODULES = {"httpx", "httpx2", "huggingface_hub", "botocore", "aiobotocore", "s3fs", "gcsfs", "aiohttp",
