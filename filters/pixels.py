@@ -6,6 +6,8 @@ resize to 224 px and perceptual hashes to 32 px. `working_image` returns that co
 bytes' hash and bounded in memory, so a task decodes each image once whatever the number of steps, and memory
 stays flat in the shard size. The `images` step seeds the cache with the working copy it decodes anyway to
 check the image, so the copy is the same whichever step decodes it first (scores never depend on the cache).
+The last step that reads pixels (decontamination, last in every pipeline's declared order) takes its copy out,
+so the cache holds only images a later step still reads: PDFA's, whose only pixel step is that one, stays empty.
 """
 
 from __future__ import annotations
@@ -72,6 +74,13 @@ class _PixelCache:
                 _, old = self._images.popitem(last=False)
                 self.size -= old.width * old.height * len(old.getbands())
 
+    def take(self, key: str) -> Image.Image | None:
+        with self._lock:
+            image = self._images.pop(key, None)
+            if image is not None:
+                self.size -= image.width * image.height * len(image.getbands())
+            return image
+
     def clear(self) -> None:
         with self._lock:
             self._images.clear()
@@ -87,13 +96,15 @@ def remember(data: bytes, image: Image.Image) -> None:
     _CACHE.put(content_key(data), reduce_to_working(image))
 
 
-def working_image(data: bytes) -> Image.Image:
-    """The working copy of the image `data`, decoded at most once while it stays in the cache."""
+def working_image(data: bytes, last_use: bool = False) -> Image.Image:
+    """The working copy of the image `data`, decoded at most once while it stays in the cache. With `last_use`
+    (the task's last pixel step) the copy leaves the cache, and one decoded here is not stored."""
     global decodes
     key = content_key(data)
-    image = _CACHE.get(key)
+    image = _CACHE.take(key) if last_use else _CACHE.get(key)
     if image is None:
         image = decode_working(data)
         decodes += 1
-        _CACHE.put(key, image)
+        if not last_use:
+            _CACHE.put(key, image)
     return image

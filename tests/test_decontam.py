@@ -327,10 +327,14 @@ def test_step_hashes_the_shared_working_copy_once(image_index):
     images[4].resize((1600, 1200)).save(buffer, format="JPEG", quality=90)
     data = buffer.getvalue()
     before = pixels.decodes
-    assert index.match_image_bytes([data])[0][0].item == "4"
-    pixels.working_image(data)  # another pixel step of the same task
+    pixels.working_image(data)  # an earlier pixel step of the same task (NSFW)
     assert index.match_image_bytes([data])[0][0].item == "4"
     assert pixels.decodes - before == 1
+    # decontamination is the last pixel step: it takes the copy out of the cache and stores none it decodes, so
+    # a pipeline whose only pixel step it is (PDFA) keeps no cache at all
+    assert pixels._CACHE.get(pixels.content_key(data)) is None
+    assert index.match_image_bytes([data])[0][0].item == "4"
+    assert pixels.decodes - before == 2 and pixels._CACHE.get(pixels.content_key(data)) is None
     # the `images` step seeds the cache from its own full decode: the pixel key of that copy is indexed too
     full = Image.open(io.BytesIO(data))
     full.load()

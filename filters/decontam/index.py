@@ -356,11 +356,12 @@ class DecontaminationIndex:
 
     def match_image_bytes(self, data: list[bytes]) -> list[list[Match] | None]:
         """Like match_images, from encoded bytes through the task's shared working copies (`filters.pixels`);
-        None for bytes that do not decode."""
+        None for bytes that do not decode. Decontamination is the last step that reads pixels, in every
+        pipeline and in the Cauldron build: the copies leave the cache."""
         decoded: list[Image.Image | None] = []
         for blob in data:
             try:
-                decoded.append(working_image(blob))
+                decoded.append(working_image(blob, last_use=True))
             except UNDECODABLE:
                 decoded.append(None)
         matched = iter(self.match_working([d for d in decoded if d is not None]))
