@@ -1,7 +1,9 @@
 """Check that bytes are an image, and optionally store it downscaled: the decode half of image acquisition.
 
-The one place that opens image bytes to check them. Its decode also seeds `filters.pixels`, so the later steps
-that look at pixels (NSFW, decontamination) find the image there instead of decoding it again.
+The one place that opens image bytes to check them (`open_checked`) and fits them to a size (`resized_rgb`): the
+pipelines' `images` step, the mixture builder and the trainer all go through it. The step's decode also seeds
+`filters.pixels`, so the later steps that look at pixels (NSFW, decontamination) find the image there instead of
+decoding it again.
 """
 
 from __future__ import annotations
@@ -35,21 +37,62 @@ class DecodedImage:
     error: str = ""
 
 
-def _fit(width: int, height: int, max_side: int) -> tuple[int, int]:
+class ImageRefused(ValueError):
+    """Bytes refused before any pixel is decoded: `reason` is "not_an_image" or "too_many_pixels"."""
+
+    def __init__(self, reason: str, detail: str, image: Image.Image | None = None):
+        super().__init__(detail)
+        self.reason = reason
+        self.size = image.size if image else (None, None)
+        self.format = (image.format or "unknown").lower() if image else None
+
+
+DAMAGED = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)  # what Pillow raises decoding bad data
+
+
+def open_checked(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """`data` opened lazily (its header read, no pixels yet); raises ImageRefused for bytes that are not an
+    image and for images over `max_pixels` (Pillow's bomb warning becomes a refusal, not a log line)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as error:
+        raise ImageRefused("too_many_pixels", str(error)) from None
+    except (UnidentifiedImageError, OSError, ValueError) as error:
+        raise ImageRefused("not_an_image", str(error) or type(error).__name__) from None
+    width, height = image.size
+    if width < 1 or height < 1:
+        raise ImageRefused("not_an_image", f"{width}x{height} pixels", image)
+    if width * height > max_pixels:
+        raise ImageRefused("too_many_pixels", f"{width}x{height} > {max_pixels} pixels", image)
+    return image
+
+
+def fit_within(width: int, height: int, max_side: int) -> tuple[int, int]:
+    """The size with the longest side `max_side` and the aspect ratio kept."""
     scale = max_side / max(width, height)
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
-def _downscaled(image: Image.Image, max_side: int) -> tuple[bytes, tuple[int, int]]:
-    """JPEG bytes of `image` fitted within `max_side`; a JPEG is decoded at reduced size first (`Image.draft`:
-    the decoder skips the DCT coefficients it does not need, about 3x faster than a full decode)."""
-    target = _fit(image.width, image.height, max_side)
-    if image.format == "JPEG":
-        image.draft("RGB", target)
-    image = image.convert("RGB").resize(target, Image.Resampling.BICUBIC, reducing_gap=2.0)
+def resized_rgb(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """RGB pixels of an opened image at `size`, decoded to the end. A JPEG that shrinks is decoded at reduced
+    size first (`Image.draft`: the decoder skips the DCT coefficients it does not need, about 3x faster than a
+    full decode); shrinking uses a reducing filter. Raises one of `DAMAGED` on truncated or damaged data."""
+    shrinking = size[0] < image.width or size[1] < image.height
+    if image.format == "JPEG" and shrinking:
+        image.draft("RGB", size)
+    image = image.convert("RGB")
+    if image.size != size:
+        image = image.resize(size, Image.Resampling.BICUBIC, reducing_gap=2.0 if shrinking else None)
+    return image
+
+
+def encode_jpeg(image: Image.Image, quality: int = JPEG_QUALITY) -> bytes:
+    """JPEG bytes without metadata: the same pixels and quality give the same bytes."""
     buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=JPEG_QUALITY)
-    return buffer.getvalue(), target
+    image.save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
 
 
 def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, max_side: int | None = None) -> DecodedImage:
@@ -62,26 +105,21 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, max_side: in
     changes a score).
     """
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            width, height = image.size
-    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as error:
-        return DecodedImage("too_many_pixels", error=str(error))
-    except (UnidentifiedImageError, OSError, ValueError) as error:
-        return DecodedImage("not_an_image", error=str(error) or type(error).__name__)
+        image = open_checked(data, max_pixels)
+    except ImageRefused as refused:
+        return DecodedImage(refused.reason, error=str(refused), original_width=refused.size[0],
+                            original_height=refused.size[1], format=refused.format)
+    width, height = image.size
     result = DecodedImage("ok", original_width=width, original_height=height,
                           format=(image.format or "unknown").lower())
-    if width * height > max_pixels:
-        return DecodedImage("too_many_pixels", error=f"{width}x{height} > {max_pixels} pixels",
-                            original_width=width, original_height=height, format=result.format)
     try:
         if max_side and max(width, height) > max_side:
-            result.data, (result.width, result.height) = _downscaled(image, max_side)
+            size = fit_within(width, height, max_side)
+            result.data, (result.width, result.height) = encode_jpeg(resized_rgb(image, size)), size
         else:
             result.data, result.width, result.height = data, width, height
         pixels.remember(result.data, pixels.decode_working(result.data))
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:  # truncated or damaged
+    except DAMAGED as error:  # truncated or damaged
         return DecodedImage("corrupt", error=str(error), original_width=width, original_height=height,
                             format=result.format)
     return result

@@ -6,14 +6,11 @@ same seed gives the same bytes.
 
 from __future__ import annotations
 
-import io
 import random
-import warnings
 from dataclasses import dataclass
 
-from PIL import Image, UnidentifiedImageError
-
-from filters.image_decode import DEFAULT_MAX_PIXELS
+from filters.image_decode import DAMAGED, DEFAULT_MAX_PIXELS, ImageRefused, encode_jpeg, fit_within, open_checked, \
+    resized_rgb
 
 
 class ImageProblem(ValueError):
@@ -47,27 +44,12 @@ def fit_image(data: bytes, rule: ImageRule, draw: random.Random,
               max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[bytes, int, int]:
     """(JPEG bytes, width, height) of `data` under `rule`; raises ImageProblem."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            width, height = image.size
-    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
-        raise ImageProblem("too_many_pixels") from None
-    except (UnidentifiedImageError, OSError, ValueError):
-        raise ImageProblem("not_an_image") from None
-    if width * height > max_pixels or width < 1 or height < 1:
-        raise ImageProblem("too_many_pixels")
-    longest = max(width, height)
-    side = target_side(longest, rule, draw)
-    size = (max(1, round(width * side / longest)), max(1, round(height * side / longest)))
+        image = open_checked(data, max_pixels)
+    except ImageRefused as refused:
+        raise ImageProblem(refused.reason) from None
+    longest = max(image.size)
+    size = fit_within(*image.size, target_side(longest, rule, draw))
     try:
-        if image.format == "JPEG" and side < longest:
-            image.draft("RGB", size)  # decode at a reduced scale: much faster for large JPEGs
-        image = image.convert("RGB")
-        if image.size != size:
-            image = image.resize(size, Image.Resampling.BICUBIC, reducing_gap=2.0 if side < longest else None)
-        buffer = io.BytesIO()
-        image.save(buffer, format="JPEG", quality=rule.quality)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return encode_jpeg(resized_rgb(image, size), rule.quality), size[0], size[1]
+    except DAMAGED:
         raise ImageProblem("corrupt") from None
-    return buffer.getvalue(), size[0], size[1]
