@@ -87,7 +87,7 @@ def test_short_answers_take_the_most_frequent_annotation_and_a_brevity_hint():
 
 def test_yes_no_and_two_images():
     memes = registry.entries()["hateful_memes"]
-    (user, answer), = format_row(memes, {"img": {"bytes": b"x"}, "text": "hello", "label": 1}, 0).turns
+    (user, answer), = format_row(memes, {"image": {"bytes": b"x"}, "text": "hello", "label": 1}, 0).turns
     assert answer == "Yes" and '"hello"' in user and user.endswith("Answer yes or no.")
     nlvr2 = registry.entries()["nlvr2"]
     example = format_row(nlvr2, {"left_image": {"bytes": b"l"}, "right_image": {"bytes": b"r"},
