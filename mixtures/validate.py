@@ -32,7 +32,7 @@ from datatrove.io import DataFolder, get_datafolder
 from datatrove.utils.logging import logger
 
 from filters.errors import command
-from filters.image_decode import DEFAULT_MAX_PIXELS
+from filters.image_decode import encode_jpeg, fit_within, open_checked, resized_rgb
 from mixtures.layout import MIXTURE_FILE, BadSample, MixtureInfo, Sample, iter_samples, read_info
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -40,7 +40,6 @@ DEFAULT_TOLERANCE = 1.0  # percentage points a share may be off its target (the 
 GALLERY_PER_SOURCE = 3  # samples per source shown in the HTML gallery
 THUMBNAIL_SIDE = 256  # px, longest side of a gallery image
 GALLERY_TEXT_CHARS = 1200  # a gallery text longer than this is cut (the page stays light with long documents)
-MAX_THUMBNAIL_PIXELS = DEFAULT_MAX_PIXELS  # Pillow's decompression-bomb threshold: a larger image is not decoded
 SUMMARY_FILE, MANIFEST_FILE = "summary.json", "manifest.json"
 SFT_COLUMNS = ["images", "texts", "subset", "answer_tokens"]  # the SFT mixture's parquet columns (contract)
 REMOTE_ERROR_MODULES = {"httpx", "httpx2", "huggingface_hub", "botocore", "aiobotocore", "s3fs", "gcsfs", "aiohttp",
@@ -131,24 +130,16 @@ def header_size(data: bytes) -> tuple[int, int] | None:
 
 
 def thumbnail_uri(data: bytes) -> str | None:
-    """A small JPEG of the image as a data: URI for the self-contained HTML page; None when it cannot be decoded."""
+    """A small JPEG of the image as a data: URI for the self-contained HTML page; None when it cannot be decoded
+    (not an image, over Pillow's bomb threshold, truncated or damaged: shown as a missing image)."""
     import base64
 
-    from PIL import Image
-
-    size = header_size(data)
-    if size is None or size[0] * size[1] > MAX_THUMBNAIL_PIXELS:
-        return None
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.draft("RGB", (THUMBNAIL_SIDE, THUMBNAIL_SIDE))
-            image = image.convert("RGB")
-            image.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
-            buffer = io.BytesIO()
-            image.save(buffer, format="JPEG", quality=80)
-    except Exception:  # truncated or damaged: shown as a missing image
+        image = open_checked(data)
+        fitted = resized_rgb(image, fit_within(*image.size, min(THUMBNAIL_SIDE, max(image.size))))
+        return "data:image/jpeg;base64," + base64.b64encode(encode_jpeg(fitted, quality=80)).decode()
+    except Exception:  # hostile bytes: Pillow raises many types; never a crash
         return None
-    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
 def _gallery_text(text: str) -> str:
