@@ -30,7 +30,7 @@ from cauldron.registry import Entry
 from filters.decontam.hashing import pixel_key
 from filters.decontam.index import UNDECODABLE, DecontaminationIndex
 from filters.pixels import working_image
-from filters.shard_files import TempFile
+from filters.shard_files import TempFile, write_atomically
 from mixtures.layout import conversation_features
 
 ROWS_PER_GROUP = 64  # parquet row group: a few MB of images
@@ -225,7 +225,7 @@ def build_subset(entry: Entry, s: SubsetSettings) -> dict:
         raise
     record = {"subset": entry.name, "source": sources.describe(entry, s.source, s.from_published),
               "input_rows": result.rows, "merged_rows": result.rows - len(result.removed) - stats["rows"], **stats}
-    with out.open(f"stats/{entry.name}.json", "w") as f:
+    with write_atomically(out, f"stats/{entry.name}.json", "w") as f:
         json.dump(record, f, indent=1, sort_keys=True)
     return record
 

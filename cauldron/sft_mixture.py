@@ -22,7 +22,7 @@ from datatrove.io import get_datafolder
 from cauldron.build import DATA_FILE
 from cauldron.registry import renormalised_shares
 from mixtures.layout import MixtureInfo, SourceTarget, conversation_features, write_info
-from filters.shard_files import TempFile
+from filters.shard_files import TempFile, write_atomically
 
 SHARE_TOLERANCE = 0.5  # percentage points: answer-token shares are held to half a point of renormalised Table 14
 
@@ -79,7 +79,7 @@ def build(output: str, names: list[str], options: SftOptions) -> dict:
         tokenizer=options.tokenizer, seed=options.seed, tolerance=SHARE_TOLERANCE,
         extra={"table14_percent": "Idefics2 paper, Table 14, renormalised over the subsets present",
                "target_answer_tokens": round(total)}))
-    with sft.open("summary.json", "w") as f:
+    with write_atomically(sft, "summary.json", "w") as f:
         json.dump(summary, f, indent=1, sort_keys=True)
     return summary
 

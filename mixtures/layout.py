@@ -24,6 +24,8 @@ import tarfile
 from dataclasses import asdict, dataclass, field
 from typing import IO, Iterator
 
+from filters.shard_files import write_atomically
+
 MIXTURE_FILE = "mixture.json"
 IMAGE_EXTENSION = "jpg"
 MAX_MEMBER_BYTES = 64 << 20  # an image or JSON member larger than this is refused unread
@@ -209,7 +211,7 @@ def read_info(folder) -> MixtureInfo | None:
 
 
 def write_info(folder, info: MixtureInfo) -> None:
-    with folder.open(MIXTURE_FILE, "w") as f:
+    with write_atomically(folder, MIXTURE_FILE, "w") as f:
         json.dump(info.to_json(), f, indent=1, sort_keys=True)
 
 

@@ -26,6 +26,7 @@ from cauldron import registry, sources
 from cauldron.build import SubsetSettings, BuildSubsets
 from cauldron.sft_mixture import SftOptions, build as build_sft
 from filters.errors import UsageError, command
+from filters.shard_files import write_atomically
 from pipelines.executors import ExecutorOptions, report_failed, run_executor, shard_outcomes
 from pipelines.manifest import check_and_write
 from pipelines.options import add_arguments, from_args, normalise_path, option, output_options
@@ -165,15 +166,15 @@ def report(output, names: list[str]) -> str:
     total = Counter()
     for record in stats.values():
         total.update({k: v for k, v in record.items() if isinstance(v, int)})
-    with output.open("summary.json", "w") as f:
+    with write_atomically(output, "summary.json", "w") as f:
         json.dump({"total": dict(total), "subsets": stats}, f, indent=1, sort_keys=True)
     by_benchmark = Counter(m["match"].split("/", 1)[0] for m in matches)
-    with output.open("decontam_report.json", "w") as f:
+    with write_atomically(output, "decontam_report.json", "w") as f:
         json.dump({"removed_rows": len(matches), "by_benchmark": dict(by_benchmark), "rows": matches}, f, indent=1)
     lines = ["# Decontamination report", "", f"{len(matches)} row(s) removed for matching an evaluation set.", "",
              "| subset | source row | match |", "|---|---|---|"]
     lines += [f"| {m['subset']} | {m['source_row']} | {m['match']} |" for m in matches]
-    with output.open("decontam_report.md", "w") as f:
+    with write_atomically(output, "decontam_report.md", "w") as f:
         f.write("\n".join(lines) + "\n")
     return (f"cauldron: {total['rows']:,} rows ({total['turns']:,} turns) from {total['input_rows']:,} source rows "
             f"in {len(names)} subsets; removed: {total['removed_eval_match']:,} evaluation matches, "

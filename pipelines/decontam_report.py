@@ -7,6 +7,8 @@ from collections import Counter, defaultdict
 
 from datatrove.io import DataFolder
 
+from filters.shard_files import write_atomically
+
 MATCHES_FOLDER = "decontam"  # OUTPUT/decontam/NNNNN.jsonl, written by filters.decontam.step
 EXAMPLES = 3
 
@@ -30,7 +32,7 @@ def write_report(output: DataFolder) -> str | None:
     report = {"benchmarks": {b: {"matches": {t: n for (bb, t), n in sorted(hits.items()) if bb == b},
                                  "items_hit": len(items[b]), "examples": examples[b]} for b in benchmarks},
               "total_matches": sum(hits.values())}
-    with output.open("decontam_report.json", "w") as f:
+    with write_atomically(output, "decontam_report.json", "w") as f:
         json.dump(report, f, indent=1)
     tiers = ("exact", "phash", "text")
     lines = ["| benchmark | " + " | ".join(tiers) + " | evaluation items hit |", "|---|" + "---|" * (len(tiers) + 1)]
@@ -39,7 +41,7 @@ def write_report(output: DataFolder) -> str | None:
     lines += [f"- {e['benchmark']}/{e['split']}/{e['item']} ({e['tier']}, distance {e['distance']}): document "
               f"{e['doc']}" + (f", image {e['url']}" if e["url"] else ", text")
               for b in benchmarks for e in examples[b]]
-    with output.open("decontam_report.md", "w") as f:
+    with write_atomically(output, "decontam_report.md", "w") as f:
         f.write("# Decontamination report\n\n" + "\n".join(lines) + "\n")
     return (f"decontam: {report['total_matches']} match(es) with {len(benchmarks)} benchmark(s); report in "
             f"{output.resolve_paths('decontam_report.md')}")

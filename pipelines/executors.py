@@ -33,7 +33,7 @@ from datatrove.io import DataFolder, get_datafolder
 from datatrove.utils.logging import logger, setup_default_logger
 from datatrove.utils.stats import PipelineStats
 
-from filters.shard_files import shard_name
+from filters.shard_files import shard_name, write_atomically
 from pipelines.options import UsageError, at_least
 
 TASK_CPUS_ENV = "IDEFICS2_TASK_CPUS"  # read by the model steps to size torch's thread pool
@@ -623,7 +623,7 @@ def _run_slurm(pipeline: list, world_size: int, shards: range, folder: DataFolde
     job_ids = getattr(executor, "job_ids", [])
     if not job_ids:
         return
-    with folder.open(SLURM_JOBS_FILE, "w") as f:
+    with write_atomically(folder, SLURM_JOBS_FILE, "w") as f:
         json.dump({"job_ids": job_ids, "shards": [shards.start, shards.stop - 1]}, f)
     jobs = ",".join(job_ids)
     sys.stderr.write(f"submitted Slurm job{'s' * (len(job_ids) > 1)} {jobs}: {todo} shard(s) of "

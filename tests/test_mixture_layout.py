@@ -65,3 +65,21 @@ def test_a_json_member_that_is_not_an_object_spoils_only_its_sample():
     read = list(iter_samples(io.BytesIO(buffer.getvalue())))
     assert read[0] == SAMPLES[0] and read[-1] == SAMPLES[1]
     assert [r.reason for r in read[1:-1]] == ["bad_json"] * 3
+
+
+def test_a_failed_rewrite_of_mixture_json_keeps_the_old_file(tmp_path):
+    """Run records are written to a temporary name and renamed: a write that dies half way (here a value JSON
+    cannot encode, after the first keys are out) leaves the previous mixture.json whole, not a torn file that the
+    next resume or `validate` would refuse."""
+    from datatrove.io import get_datafolder
+
+    from mixtures.layout import MIXTURE_FILE, MixtureInfo, SourceTarget, read_info, write_info
+
+    folder = get_datafolder(str(tmp_path))
+    info = dict(kind="sft", name="sft", share_of="answer_tokens", sources={"a": SourceTarget(share=1.0)},
+                files="data/*.parquet")
+    write_info(folder, good := MixtureInfo(**info))
+    with pytest.raises(TypeError):
+        write_info(folder, MixtureInfo(**info, extra={"z": {1, 2}}))
+    assert read_info(folder) == good
+    assert sorted(p.name for p in tmp_path.iterdir()) == [MIXTURE_FILE]
