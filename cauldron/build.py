@@ -6,7 +6,9 @@ Two passes over the subset's rows, so memory holds one group's images at a time,
      gets the same key) and match images and Q/A text against the decontamination index. Rows whose images are
      the same join one group; a matched row is removed and recorded.
   2. read the rows again and write each group, once its last row is seen, as one row of the published schema
-     (`images`: list of Image; `texts`: list of {user, assistant, source}) with all of its turns.
+     (`images`: list of Image; `texts`: list of {user, assistant, source}) with all of its turns. A group whose
+     rows lie apart keeps its images in a local temporary file until its last row (`_Spill`), so repeated
+     pictures far apart cost disk, not memory.
 Every input row ends up in exactly one place: a written row's turns, or `removed/<subset>.parquet` with its
 reason (unreadable, evaluation match, over --max-rows); `stats/<subset>.json` counts them.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import json
 import random
+import tempfile
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -205,15 +208,22 @@ def build_subset(entry: Entry, s: SubsetSettings) -> dict:
     removed = _ParquetFile(out, f"removed/{entry.name}.parquet", REMOVED_SCHEMA)
     stats = Counter()
     try:
-        open_groups: dict[int, Item] = {}
-        for item in items(entry, s.source, s.from_published):
-            group = result.group_of.get(item.row) if isinstance(item, Item) else None
-            if group is None:
-                continue
-            held = open_groups.setdefault(group, Item(item.row, item.images, []))
-            held.turns.extend(item.turns)
-            if result.last_row[group] == item.row:
-                _write_group(open_groups.pop(group), entry, s, data, tokens, count, stats)
+        with _Spill() as spill:
+            open_groups: dict[int, Item] = {}  # images as spans of the spill file
+            for item in items(entry, s.source, s.from_published):
+                group = result.group_of.get(item.row) if isinstance(item, Item) else None
+                if group is None:
+                    continue
+                last = result.last_row[group] == item.row
+                if last and group not in open_groups:  # a group of one row, the common case: written at once
+                    _write_group(item, entry, s, data, tokens, count, stats)
+                    continue
+                held = open_groups.setdefault(group, Item(item.row, spill.put(item.images), []))
+                held.turns.extend(item.turns)
+                if last:
+                    held = open_groups.pop(group)
+                    _write_group(Item(held.row, spill.get(held.images), held.turns), entry, s, data, tokens, count,
+                                 stats)
         for row, reason, detail in result.removed:
             removed.add({"source_row": row, "reason": reason, "detail": detail})
             stats[f"removed_{reason}"] += 1
@@ -228,6 +238,31 @@ def build_subset(entry: Entry, s: SubsetSettings) -> dict:
     with write_atomically(out, f"stats/{entry.name}.json", "w") as f:
         json.dump(record, f, indent=1, sort_keys=True)
     return record
+
+
+class _Spill:
+    """Append-only local temporary file for the images of groups still open; deleted when the block ends."""
+
+    def __enter__(self) -> "_Spill":
+        self.file = tempfile.TemporaryFile()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.file.close()
+
+    def put(self, images: list[bytes]) -> list[tuple[int, int]]:
+        spans = []
+        for data in images:
+            spans.append((self.file.seek(0, 2), len(data)))
+            self.file.write(data)
+        return spans
+
+    def get(self, spans: list[tuple[int, int]]) -> list[bytes]:
+        found = []
+        for offset, length in spans:
+            self.file.seek(offset)
+            found.append(self.file.read(length))
+        return found
 
 
 def _write_group(group: Item, entry: Entry, s: SubsetSettings, data, tokens, count, stats: Counter) -> None:

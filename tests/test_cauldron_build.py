@@ -186,3 +186,47 @@ def test_without_an_index_the_default_one_needs_the_hub_and_says_so_offline(tmp_
     assert result.stderr.strip().splitlines()[-1].startswith("error: --decontam-index: the default index (MMBench, "
                                                              "MathVista and MMMU images from the Hub) cannot be built")
     assert "Traceback" not in result.stderr
+
+
+def test_questions_on_one_picture_far_apart_are_merged_without_holding_every_open_picture(tmp_path):
+    """800 pictures, each asked about again 800 rows later: until its second row every group is open. The
+    groups' images wait in a temporary file, not in memory: the build's peak Python memory (14 MB) stays under
+    what the 800 open pictures alone take (24 MB; holding them, it was 36 MB), and every picture still ends as
+    one row with both questions."""
+    import io
+    import tracemalloc
+
+    import numpy as np
+    import pyarrow as pa
+    from PIL import Image
+
+    from cauldron.build import SubsetSettings, answer_token_counter, build_subset
+    from cauldron.registry import entries
+
+    def noise(seed: int) -> bytes:  # 30 KB of PNG that does not compress
+        pixels = np.random.default_rng(seed).integers(0, 256, size=(100, 100, 3), dtype=np.uint8)
+        out = io.BytesIO()
+        Image.fromarray(pixels, "RGB").save(out, "PNG", compress_level=0)
+        return out.getvalue()
+
+    pictures = [noise(seed) for seed in range(800)]
+    rows = [{"image": {"bytes": pictures[i % 800], "path": f"{i}.png"}, "question": f"What is {i}?",
+             "multiple_choice_answer": f"answer {i}"} for i in range(1600)]
+    source = tmp_path / "sources"
+    source.mkdir()
+    pq.write_table(pa.Table.from_pylist(rows), source / "vqav2.parquet")
+    held = len(pictures) * len(pictures[0])
+    del rows, pictures
+    settings = SubsetSettings(str(tmp_path / "out"), ["vqav2"], str(source), False, 200_000,
+                              sample_decontam_index(), TOKENIZER, shuffle_turns=False)
+    answer_token_counter(TOKENIZER)("imports transformers and torch before measuring")
+    tracemalloc.start()
+    try:
+        build_subset(entries()["vqav2"], settings)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < held, (peak, held)
+    written = pq.read_table(tmp_path / "out" / "vqav2" / "train-00000-of-00001.parquet").to_pylist()
+    assert len(written) == 800 and all(len(r["texts"]) == 2 for r in written)
+    assert [t["user"].split("?")[0][-3:] for t in written[7]["texts"]] == ["s 7", "807"]
