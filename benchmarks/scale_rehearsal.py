@@ -24,7 +24,10 @@ How it measures:
   every image status; `nsfw`: images scored); pairs carry one image each; PDFA's documents are pages.
 - Peak memory per worker: the kernel's high-water mark (`VmHWM` in `/proc/PID/status`) of every process the
   command starts, read every 0.1 s until it exits; the largest among the workers (the command's own process is
-  reported apart). Not measured for Slurm jobs (slurmd starts them, not this script).
+  reported apart). Beside it the largest anonymous memory seen (`RssAnon`, sampled at the same reads): the
+  high-water mark also counts file pages mapped in (the img2dataset index, model weights), which the kernel can
+  drop and which grow with the files a worker has read, not with what it holds. Not measured for Slurm jobs
+  (slurmd starts them, not this script).
 - Projection: the full runs' CPU-hours from the per-core figures of the CPU steps, and GPU-hours of the model
   steps from measured GPU figures (below), since the tiny models' CPU speed says nothing about the real ones.
 """
@@ -86,6 +89,7 @@ class Measured:
     status: int
     worker_peak_mib: float | None
     main_peak_mib: float | None
+    worker_anon_mib: float | None = None  # largest RssAnon sampled in a worker
     documents: int | None = None
     steps: list[StepFigure] = field(default_factory=list)
 
@@ -115,15 +119,17 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
-def _high_water_kib(pid: int) -> int | None:
+def _memory_kib(pid: int) -> dict[str, int]:
+    """`VmHWM` (peak resident, file pages included) and `RssAnon` (resident anonymous memory now) of `pid`."""
+    found = {}
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1])
+                if line.startswith(("VmHWM:", "RssAnon:")):
+                    found[line.split(":")[0]] = int(line.split()[1])
     except OSError:
-        return None
-    return None
+        pass
+    return found
 
 
 def measure(label: str, command: list[str], log: Path) -> Measured:
@@ -133,16 +139,19 @@ def measure(label: str, command: list[str], log: Path) -> Measured:
         process = subprocess.Popen(command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
                                    env={**os.environ, "PYTHONPATH": str(REPO)})
         peaks: dict[int, int] = {}
+        anon: dict[int, int] = {}
         while process.poll() is None:
             for pid in [process.pid, *_descendants(process.pid)]:
-                if (kib := _high_water_kib(pid)) is not None:
-                    peaks[pid] = max(peaks.get(pid, 0), kib)
+                kib = _memory_kib(pid)
+                peaks[pid] = max(peaks.get(pid, 0), kib.get("VmHWM", 0))
+                anon[pid] = max(anon.get(pid, 0), kib.get("RssAnon", 0))
             time.sleep(0.1)
     seconds = time.perf_counter() - start
-    workers = [kib for pid, kib in peaks.items() if pid != process.pid]
+    workers = [kib for pid, kib in peaks.items() if pid != process.pid and kib]
+    workers_anon = [kib for pid, kib in anon.items() if pid != process.pid and kib]
     main = peaks.get(process.pid)
     return Measured(label, seconds, process.returncode, max(workers) / 1024 if workers else None,
-                    main / 1024 if main else None)
+                    main / 1024 if main else None, max(workers_anon) / 1024 if workers_anon else None)
 
 
 # ---------------------------------------------------------------- per-step figures from datatrove's stats
@@ -208,6 +217,8 @@ def run_pipelines(corpus: dict[str, Path], out: Path, index: str, workers: int, 
         output = out / name
         run = measure(f"{label} {name}", [sys.executable, "-m", *command, *extra, "--output", str(output)],
                       out / f"{name}.log")
+        if extra == SLURM_FLAGS:  # the workers are slurmd's children: what was measured is the submitting side
+            run.worker_peak_mib = run.worker_anon_mib = None
         if run.status == 0:
             summary = json.loads((output / "summary.json").read_text())["total"]
             run.documents = summary["input"]
@@ -255,8 +266,8 @@ def _mib(value: float | None) -> str:
 def report_line(run: Measured) -> str:
     docs = f", {run.documents:,} in" if run.documents is not None else ""
     state = "" if run.status == 0 else f"  FAILED (exit {run.status})"
-    return (f"{run.label}: {run.seconds:.1f} s{docs}; peak per worker {_mib(run.worker_peak_mib)}, "
-            f"command {_mib(run.main_peak_mib)}{state}")
+    return (f"{run.label}: {run.seconds:.1f} s{docs}; peak per worker {_mib(run.worker_peak_mib)} "
+            f"(anonymous {_mib(run.worker_anon_mib)}), command {_mib(run.main_peak_mib)}{state}")
 
 
 def step_table(run: Measured, unit: str) -> list[str]:
@@ -293,14 +304,18 @@ def projection(runs: list[Measured]) -> list[str]:
 
 
 def memory_table(one: list[Measured], four: list[Measured]) -> tuple[list[str], bool]:
-    lines = ["| pipeline | peak per worker, 1x | 4x | ratio |", "|---|---:|---:|---:|"]
+    lines = ["| pipeline | peak per worker, 1x | 4x | ratio | anonymous, 1x | 4x | ratio |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
     within = True
     for a, b in zip(one, four):
         if a.worker_peak_mib and b.worker_peak_mib:
             ratio = b.worker_peak_mib / a.worker_peak_mib
             within &= ratio <= 1 + MEMORY_TOLERANCE
+            anon = (f"{_mib(a.worker_anon_mib)} | {_mib(b.worker_anon_mib)} | "
+                    f"{b.worker_anon_mib / a.worker_anon_mib:.2f}" if a.worker_anon_mib and b.worker_anon_mib
+                    else "n/a | n/a | n/a")
             lines.append(f"| {a.label.split()[-1]} | {_mib(a.worker_peak_mib)} | {_mib(b.worker_peak_mib)} | "
-                         f"{ratio:.2f} |")
+                         f"{ratio:.2f} | {anon} |")
     return lines, within
 
 
@@ -327,7 +342,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", required=True, type=Path, help="a new folder for corpora, outputs and logs")
     parser.add_argument("--shards", type=int, default=4, help="shards of OBELICS and of LAION-COCO at 1x")
     parser.add_argument("--docs-per-shard", type=int, default=200)
-    parser.add_argument("--pdfs", type=int, default=100, help="PDFs at 1x (50 a tar)")
+    parser.add_argument("--pdfs", type=int, default=100, help="PDFs at 1x")
+    parser.add_argument("--pdfs-per-tar", type=int, default=CorpusSize.pdfs_per_tar,
+                        help="PDFs a PDFA tar holds at 1x (4 times as many at 4x; PDFA's own hold about 1,200)")
     parser.add_argument("--shards-4x", type=int, default=None, help="shards at 4x (default: --workers)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--slurm", action="store_true", help="also run the 1x pipelines on the Slurm cluster")
@@ -341,9 +358,10 @@ def main(argv: list[str] | None = None) -> int:
     shards_4x = args.shards_4x or args.workers
 
     began = time.perf_counter()
-    corpus = generate(args.root / "corpus-1x", CorpusSize(args.shards, args.docs_per_shard, args.pdfs))
+    corpus = generate(args.root / "corpus-1x", CorpusSize(args.shards, args.docs_per_shard, args.pdfs,
+                                                          pdfs_per_tar=args.pdfs_per_tar))
     if not args.skip_4x:
-        pdfs_per_tar = 4 * CorpusSize.pdfs_per_tar  # 4x the documents (PDFs) per shard too
+        pdfs_per_tar = 4 * args.pdfs_per_tar  # 4x the documents (PDFs) per shard too
         corpus_4x = generate(args.root / "corpus-4x", CorpusSize(shards_4x, 4 * args.docs_per_shard,
                                                                  pdfs_per_tar * shards_4x, 1, pdfs_per_tar))
     print(f"corpus written in {time.perf_counter() - began:.1f} s", file=sys.stderr)
@@ -356,8 +374,8 @@ def main(argv: list[str] | None = None) -> int:
     mixtures = run_mixtures(args.root / "local-1x", index, args.workers)
 
     units = {"obelics": "documents", "laion_coco": "pairs", "pdfa": "pages"}
-    lines = [f"# Scale rehearsal: {args.shards} shards x {args.docs_per_shard} documents, {args.pdfs} PDFs; "
-             f"{args.workers} workers", f"machine: {machine()}", ""]
+    lines = [f"# Scale rehearsal: {args.shards} shards x {args.docs_per_shard} documents, {args.pdfs} PDFs "
+             f"({args.pdfs_per_tar} a tar); {args.workers} workers", f"machine: {machine()}", ""]
     for run in [*local, *four, *slurm, *mixtures]:
         lines.append(report_line(run))
     lines.append("")
@@ -369,8 +387,9 @@ def main(argv: list[str] | None = None) -> int:
         table, within = memory_table(local, four)
         lines += [f"Peak memory per worker, {args.docs_per_shard:,} and {4 * args.docs_per_shard:,} documents "
                   f"per shard (within {MEMORY_TOLERANCE:.0%}: {'yes' if within else 'NO'})", *table,
-                  f"(each worker's decoded-image cache, filters.pixels.CACHE_BYTES = {CACHE_BYTES >> 20} MiB, fills "
-                  f"in a task's first few hundred images: judge the ratio at shards larger than that)", ""]
+                  f"(a worker's decoded images waiting for a later pixel step are cached up to filters.pixels."
+                  f"CACHE_BYTES = {CACHE_BYTES >> 20} MiB, reached within a task's first few hundred images; "
+                  f"PDFA caches none)", ""]
     lines += ["Projected full runs (CPU steps from the figures above; model steps from the GPU figures)",
               *projection(local), ""]
     report = "\n".join(lines)
