@@ -54,7 +54,9 @@ def token_window(ids: list[int], window: int, text: str) -> list[int]:
 
 
 class PerplexityScorer:
-    """A causal LM loaded once per task, lazily; scores batches of token windows grouped by length."""
+    """A causal LM loaded once per task, lazily; scores batches of token windows grouped by length. Cutting
+    windows needs only the tokenizer: a pass whose scores are all cached (the filter pass after calibration)
+    never loads the model."""
 
     def __init__(self, config: PerplexityConfig | None = None):
         self.config = config or PerplexityConfig()
@@ -63,20 +65,33 @@ class PerplexityScorer:
     def __getstate__(self) -> dict:  # ship the config, not the weights, to workers
         return {"config": self.config, "_model": None, "_tokenizer": None}
 
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            self._tokenizer = load_once(("perplexity tokenizer", self.config.model), self._load_tokenizer, "cpu",
+                                        uses_torch=False)
+        return self._tokenizer
+
     def load(self) -> None:
         if self._model is None:
-            self._tokenizer, self._model, self.pad_id, self.batch_tokens = load_once(
+            tokenizer = self.tokenizer  # first: `load_once` holds its lock while it loads
+            pad = tokenizer.pad_token_id
+            self.pad_id = pad if pad is not None else tokenizer.eos_token_id  # Falcon has no pad token
+            self._model, self.batch_tokens = load_once(
                 ("perplexity", self.config.model, self.config.device, self.config.batch_tokens), self._load,
                 self.config.device)
 
-    def _load(self, device: str) -> tuple:
-        """Tokenizer, model, padding id and batch size: loaded once per worker process (see `load_once`)."""
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+    def _load_tokenizer(self, device: str):
+        from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(self.config.model)
+        return AutoTokenizer.from_pretrained(self.config.model)
+
+    def _load(self, device: str) -> tuple:
+        """Model and batch size: loaded once per worker process (see `load_once`)."""
+        from transformers import AutoModelForCausalLM
+
         model = AutoModelForCausalLM.from_pretrained(self.config.model, dtype=model_dtype(device)).to(device).eval()
-        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id  # pad = eos
-        return tokenizer, model, pad_id, self.config.batch_tokens or (32768 if device.startswith("cuda") else 2048)
+        return model, self.config.batch_tokens or (32768 if device.startswith("cuda") else 2048)
 
     @property
     def model(self):
@@ -84,8 +99,7 @@ class PerplexityScorer:
         return self._model
 
     def windows(self, texts: list[str]) -> list[list[int]]:
-        self.load()
-        encoded = self._tokenizer(texts, add_special_tokens=False)["input_ids"]
+        encoded = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
         return [token_window(ids, self.config.window, text) for ids, text in zip(encoded, texts)]
 
     def score_windows(self, windows: list[list[int]]) -> list[float]:
