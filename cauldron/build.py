@@ -6,9 +6,9 @@ Two passes over the subset's rows, so memory holds one group's images at a time,
      gets the same key) and match images and Q/A text against the decontamination index. Rows whose images are
      the same join one group; a matched row is removed and recorded.
   2. read the rows again and write each group, once its last row is seen, as one row of the published schema
-     (`images`: list of Image; `texts`: list of {user, assistant, source}) with all of its turns. A group whose
-     rows lie apart keeps its images in a local temporary file until its last row (`_Spill`), so repeated
-     pictures far apart cost disk, not memory.
+     (`images`: list of Image; `texts`: list of {user, assistant, source}) with all of its turns. The images of
+     groups still open wait in memory up to `OPEN_IMAGES_IN_MEMORY`, past that in a local temporary file
+     (`_OpenImages`), so pictures asked about again far apart cost disk, not memory.
 Every input row ends up in exactly one place: a written row's turns, or `removed/<subset>.parquet` with its
 reason (unreadable, evaluation match, over --max-rows); `stats/<subset>.json` counts them.
 """
@@ -37,6 +37,7 @@ from filters.shard_files import TempFile, write_atomically
 from mixtures.layout import conversation_features
 
 ROWS_PER_GROUP = 64  # parquet row group: a few MB of images
+OPEN_IMAGES_IN_MEMORY = 128 << 20  # images of open groups held in memory before they go to a temporary file
 DATA_FILE = "{name}/train-00000-of-00001.parquet"  # the published repository's layout
 
 
@@ -94,10 +95,11 @@ def items(entry: Entry, source: str | None, from_published: bool) -> Iterator[It
             yield number, f"unreadable: {error}"
 
 
-def _match(index: DecontaminationIndex | None, item: Item) -> str | None:
+def _match(index: DecontaminationIndex | None, item: Item, working: list) -> str | None:
+    """The first evaluation item the row's images (their working copies) or Q/A text match, described."""
     if index is None:
         return None
-    for matches in index.match_image_bytes(item.images):
+    for matches in index.match_working(working):
         if matches:
             m = matches[0]
             return f"{m.benchmark}/{m.split}/{m.item} ({m.tier}, distance {m.distance})"
@@ -117,14 +119,14 @@ def plan(entry: Entry, source, from_published: bool, index, max_rows: int) -> Pl
             result.removed.append((item[0], "unreadable", item[1].removeprefix("unreadable: ")))
             continue
         try:
-            keys = [pixel_key(working_image(b)) for b in item.images]
+            working = [working_image(b) for b in item.images]  # cached: a picture repeated nearby decodes once
         except UNDECODABLE as error:
             result.removed.append((item.row, "unreadable", f"image does not decode ({type(error).__name__})"))
             continue
-        if match := _match(index, item):
+        if match := _match(index, item, working):
             result.removed.append((item.row, "eval_match", match))
             continue
-        key = tuple(keys) if keys else ("row", item.row)  # text-only rows are never merged
+        key = tuple(pixel_key(w) for w in working) if working else ("row", item.row)  # text-only: never merged
         group = groups.get(key)
         if group is None:
             if len(groups) >= max_rows:
@@ -208,8 +210,8 @@ def build_subset(entry: Entry, s: SubsetSettings) -> dict:
     removed = _ParquetFile(out, f"removed/{entry.name}.parquet", REMOVED_SCHEMA)
     stats = Counter()
     try:
-        with _Spill() as spill:
-            open_groups: dict[int, Item] = {}  # images as spans of the spill file
+        with _OpenImages(OPEN_IMAGES_IN_MEMORY) as waiting:
+            open_groups: dict[int, Item] = {}  # images as `waiting` handles
             for item in items(entry, s.source, s.from_published):
                 group = result.group_of.get(item.row) if isinstance(item, Item) else None
                 if group is None:
@@ -218,11 +220,12 @@ def build_subset(entry: Entry, s: SubsetSettings) -> dict:
                 if last and group not in open_groups:  # a group of one row, the common case: written at once
                     _write_group(item, entry, s, data, tokens, count, stats)
                     continue
-                held = open_groups.setdefault(group, Item(item.row, spill.put(item.images), []))
-                held.turns.extend(item.turns)
+                if group not in open_groups:
+                    open_groups[group] = Item(item.row, waiting.put(item.images), [])
+                open_groups[group].turns.extend(item.turns)
                 if last:
                     held = open_groups.pop(group)
-                    _write_group(Item(held.row, spill.get(held.images), held.turns), entry, s, data, tokens, count,
+                    _write_group(Item(held.row, waiting.pop(held.images), held.turns), entry, s, data, tokens, count,
                                  stats)
         for row, reason, detail in result.removed:
             removed.add({"source_row": row, "reason": reason, "detail": detail})
@@ -240,26 +243,40 @@ def build_subset(entry: Entry, s: SubsetSettings) -> dict:
     return record
 
 
-class _Spill:
-    """Append-only local temporary file for the images of groups still open; deleted when the block ends."""
+class _OpenImages:
+    """The images of groups still open: in memory up to `memory_bytes`, past that appended to a local temporary
+    file (deleted when the block ends)."""
 
-    def __enter__(self) -> "_Spill":
-        self.file = tempfile.TemporaryFile()
+    def __init__(self, memory_bytes: int):
+        self.memory_bytes, self.held, self.file = memory_bytes, 0, None
+
+    def __enter__(self) -> "_OpenImages":
         return self
 
     def __exit__(self, *exc) -> None:
-        self.file.close()
+        if self.file is not None:
+            self.file.close()
 
-    def put(self, images: list[bytes]) -> list[tuple[int, int]]:
+    def put(self, images: list[bytes]) -> tuple[str, list]:
+        size = sum(map(len, images))
+        if self.held + size <= self.memory_bytes:
+            self.held += size
+            return "memory", images
+        if self.file is None:
+            self.file = tempfile.TemporaryFile()
         spans = []
         for data in images:
             spans.append((self.file.seek(0, 2), len(data)))
             self.file.write(data)
-        return spans
+        return "file", spans
 
-    def get(self, spans: list[tuple[int, int]]) -> list[bytes]:
+    def pop(self, handle: tuple[str, list]) -> list[bytes]:
+        where, value = handle
+        if where == "memory":
+            self.held -= sum(map(len, value))
+            return value
         found = []
-        for offset, length in spans:
+        for offset, length in value:
             self.file.seek(offset)
             found.append(self.file.read(length))
         return found

@@ -43,8 +43,8 @@ class ImageRefused(ValueError):
     def __init__(self, reason: str, detail: str, image: Image.Image | None = None):
         super().__init__(detail)
         self.reason = reason
-        self.size = image.size if image else (None, None)
-        self.format = (image.format or "unknown").lower() if image else None
+        self.size = image.size if image is not None else (None, None)
+        self.format = (image.format or "unknown").lower() if image is not None else None
 
 
 DAMAGED = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)  # what Pillow raises decoding bad data

@@ -6,8 +6,10 @@ resize to 224 px and perceptual hashes to 32 px. `working_image` returns that co
 bytes' hash and bounded in memory, so a task decodes each image once whatever the number of steps, and memory
 stays flat in the shard size. The `images` step seeds the cache with the working copy it decodes anyway to
 check the image, so the copy is the same whichever step decodes it first (scores never depend on the cache).
-The last step that reads pixels (decontamination, last in every pipeline's declared order) takes its copy out,
-so the cache holds only images a later step still reads: PDFA's, whose only pixel step is that one, stays empty.
+The last step that reads pixels (decontamination, last in every pipeline's declared order) takes its copy out
+and stores none it decodes, so an image leaves the cache once every pixel step has read it (images of documents
+removed before decontamination stay until evicted), and PDFA's cache, whose only pixel step is that one, stays
+empty.
 """
 
 from __future__ import annotations

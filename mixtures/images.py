@@ -9,8 +9,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from filters.image_decode import DAMAGED, DEFAULT_MAX_PIXELS, ImageRefused, encode_jpeg, fit_within, open_checked, \
-    resized_rgb
+from filters.image_decode import (DAMAGED, DEFAULT_MAX_PIXELS, ImageRefused, encode_jpeg, fit_within, open_checked,
+                                  resized_rgb)
 
 
 class ImageProblem(ValueError):

@@ -188,11 +188,11 @@ def test_without_an_index_the_default_one_needs_the_hub_and_says_so_offline(tmp_
     assert "Traceback" not in result.stderr
 
 
-def test_questions_on_one_picture_far_apart_are_merged_without_holding_every_open_picture(tmp_path):
-    """800 pictures, each asked about again 800 rows later: until its second row every group is open. The
-    groups' images wait in a temporary file, not in memory: the build's peak Python memory (14 MB) stays under
-    what the 800 open pictures alone take (24 MB; holding them, it was 36 MB), and every picture still ends as
-    one row with both questions."""
+def test_questions_on_one_picture_far_apart_are_merged_without_holding_every_open_picture(tmp_path, monkeypatch):
+    """800 pictures, each asked about again 800 rows later: until its second row every group is open. Past a
+    memory budget (4 MB here) the groups' images wait in a temporary file: the build's peak Python memory (about
+    17 MB) stays under what the 800 open pictures alone take (24 MB; holding them all, it was 36 MB), and every
+    picture still ends as one row with both questions."""
     import io
     import tracemalloc
 
@@ -200,6 +200,8 @@ def test_questions_on_one_picture_far_apart_are_merged_without_holding_every_ope
     import pyarrow as pa
     from PIL import Image
 
+    from cauldron import build as build_module
+    from filters import pixels
     from cauldron.build import SubsetSettings, answer_token_counter, build_subset
     from cauldron.registry import entries
 
@@ -220,6 +222,8 @@ def test_questions_on_one_picture_far_apart_are_merged_without_holding_every_ope
     settings = SubsetSettings(str(tmp_path / "out"), ["vqav2"], str(source), False, 200_000,
                               sample_decontam_index(), TOKENIZER, shuffle_turns=False)
     answer_token_counter(TOKENIZER)("imports transformers and torch before measuring")
+    monkeypatch.setattr(build_module, "OPEN_IMAGES_IN_MEMORY", 4 << 20)
+    monkeypatch.setattr(pixels._CACHE, "max_bytes", 1 << 20)  # the decoded-pixel cache has its own bound
     tracemalloc.start()
     try:
         build_subset(entries()["vqav2"], settings)
@@ -230,3 +234,4 @@ def test_questions_on_one_picture_far_apart_are_merged_without_holding_every_ope
     written = pq.read_table(tmp_path / "out" / "vqav2" / "train-00000-of-00001.parquet").to_pylist()
     assert len(written) == 800 and all(len(r["texts"]) == 2 for r in written)
     assert [t["user"].split("?")[0][-3:] for t in written[7]["texts"]] == ["s 7", "807"]
+    assert [written[i]["images"][0]["bytes"] for i in (0, 799)] == [noise(0), noise(799)]  # from memory, from disk

@@ -356,8 +356,8 @@ class DecontaminationIndex:
 
     def match_image_bytes(self, data: list[bytes]) -> list[list[Match] | None]:
         """Like match_images, from encoded bytes through the task's shared working copies (`filters.pixels`);
-        None for bytes that do not decode. Decontamination is the last step that reads pixels, in every
-        pipeline and in the Cauldron build: the copies leave the cache."""
+        None for bytes that do not decode. Decontamination is the last step that reads pixels in every
+        pipeline: the copies leave the cache."""
         decoded: list[Image.Image | None] = []
         for blob in data:
             try:
