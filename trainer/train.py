@@ -375,7 +375,7 @@ def train(train_cfg: TrainConfig, model_cfg: ModelConfig) -> int:
             logger.warning(f"samples skipped (counted in {output / 'skipped.json'}): {dict(skipped)}")
         plot_loss(output)
     if world > 1:
-        dist.barrier()  # every rank leaves together: a rank tearing down gloo while rank 0 still writes can hang
+        dist.barrier()  # all ranks leave together; tearing down early can hang (pytorch/pytorch#75097)
         dist.destroy_process_group()
     return 0
 
