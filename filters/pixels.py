@@ -50,6 +50,10 @@ def decode_working(data: bytes) -> Image.Image:
     return reduce_to_working(image)
 
 
+def _cost(image: Image.Image) -> int:
+    return image.width * image.height * len(image.getbands())
+
+
 class _PixelCache:
     """Least recently used working copies, bounded by their pixel bytes; thread-safe."""
 
@@ -66,7 +70,7 @@ class _PixelCache:
             return image
 
     def put(self, key: str, image: Image.Image) -> None:
-        cost = image.width * image.height * len(image.getbands())
+        cost = _cost(image)
         with self._lock:
             if key in self._images or cost > self.max_bytes:
                 return
@@ -74,13 +78,13 @@ class _PixelCache:
             self.size += cost
             while self.size > self.max_bytes:
                 _, old = self._images.popitem(last=False)
-                self.size -= old.width * old.height * len(old.getbands())
+                self.size -= _cost(old)
 
     def take(self, key: str) -> Image.Image | None:
         with self._lock:
             image = self._images.pop(key, None)
             if image is not None:
-                self.size -= image.width * image.height * len(image.getbands())
+                self.size -= _cost(image)
             return image
 
     def clear(self) -> None:
